@@ -1,0 +1,219 @@
+"""LLMTap: the mitmproxy addon. It only wires the modules together.
+
+Hook policy: hooks are synchronous and do no I/O, so they never stall other connections; they
+read headers, strip proxy-only headers, set up the stream tee and queue a `Capture`. Every hook
+body runs inside `_guard`, which logs, counts and lets the flow pass: llmtap must never be the
+reason a request fails. Per-flow state lives on the addon keyed by flow id (flow.metadata only
+holds primitives) and is removed in `response` or `error`, exactly one of which runs per flow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from mitmproxy import ctx, exceptions, http
+from mitmproxy.proxy.mode_specs import ReverseMode
+
+from . import headers, options, providers, rules
+from .record import Capture
+from .redact import redact_headers, redact_path
+from .store import Store
+from .tee import StreamTee
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Call:
+    provider: providers.Provider
+    host: str
+    path: str
+    capture: Capture | None = None
+    tee: StreamTee | None = None
+    strip_usage: bool = False
+
+
+class LLMTap:
+    def __init__(self) -> None:
+        self.rules = rules.Rules()
+        self.store: Store | None = None
+        self.calls: dict[str, Call] = {}
+        self.hook_errors = 0
+
+    # -- lifecycle (sync on purpose: async done/running break -s hot reload) --
+
+    def load(self, loader) -> None:
+        options.register(loader)
+
+    def configure(self, updated: set[str]) -> None:
+        if "llmtap_rules" in updated:
+            path = ctx.options.llmtap_rules
+            try:
+                self.rules = rules.load(path) if path else rules.Rules()
+            except rules.RulesError as e:
+                raise exceptions.OptionsError(str(e)) from e
+        if self.store is not None and any(o in updated for o in options.STORE_OPTIONS):
+            self.store.close()
+            self._start_store()
+
+    def running(self) -> None:
+        if ctx.options.connection_strategy == "eager":
+            # Lazy: answers made by llmtap never need (or wait for) the upstream. reference §2.
+            ctx.options.connection_strategy = "lazy"
+        if self.store is None:
+            self._start_store()
+        logger.info(f"llmtap: logging LLM calls to {ctx.options.llmtap_db}")
+
+    def done(self) -> None:
+        if self.store is not None:
+            self.store.close()
+            s = self.store.stats
+            logger.info(
+                f"llmtap: {s.written} rows written, {s.dropped} dropped, "
+                f"{s.write_errors} write errors, {self.hook_errors} hook errors"
+            )
+            self.store = None
+
+    def _start_store(self) -> None:
+        o = ctx.options
+        self.store = Store(o.llmtap_db, o.llmtap_queue_size, o.llmtap_flush_ms / 1000)
+        self.store.start()
+
+    # -- hooks --
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live or flow.request.method == "CONNECT":
+            return
+        with self._guard(flow, "requestheaders"):
+            req = flow.request
+            reverse = isinstance(flow.client_conn.proxy_mode, ReverseMode)
+            found = providers.detect(req.host, req.port, req.path, self.rules.providers, reverse)
+            if found is not None:
+                host = req.host if req.port in (80, 443) else f"{req.host}:{req.port}"
+                self.calls[flow.id] = Call(found, host, redact_path(req.path))
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        call = self.calls.get(flow.id)
+        if call is None:
+            return
+        with self._guard(flow, "request"):
+            self._start_call(flow, call)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        call = self.calls.get(flow.id)
+        if call is None or call.capture is None or flow.response is None:
+            return
+        with self._guard(flow, "responseheaders"):
+            resp = flow.response
+            resp.headers["helicone-id"] = call.capture.meta.request_id
+            if 200 <= resp.status_code < 300 and _is_stream(resp, call.capture.endpoint):
+                call.tee = StreamTee(ctx.options.llmtap_max_body, call.strip_usage)
+                resp.stream = call.tee
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        call = self.calls.pop(flow.id, None)
+        if call is not None and call.capture is not None:
+            with self._guard(flow, "response"):
+                self._finish(flow, call, None)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        call = self.calls.pop(flow.id, None)
+        if call is not None and call.capture is not None:
+            with self._guard(flow, "error"):
+                self._finish(flow, call, flow.error.msg if flow.error else "unknown error")
+
+    # -- helpers --
+
+    def _start_call(self, flow: http.HTTPFlow, call: Call) -> None:
+        req = flow.request
+        meta = headers.parse(req.headers.items(multi=True))
+        request_headers = redact_headers(req.headers.items(multi=True))
+        for name in headers.proxy_only(list(req.headers.keys())):
+            del req.headers[name]
+        body = req.raw_content or b""
+        api = call.provider.api
+        kind = providers.endpoint(api, req.path)
+        call.capture = Capture(
+            meta=meta, provider=call.provider.name, api=api, price_id=call.provider.price_id,
+            inferred=call.provider.inferred, endpoint=kind, host=call.host, method=req.method,
+            path=call.path, started=req.timestamp_start, request_headers=request_headers,
+            request_body=body, store_limit=ctx.options.llmtap_max_body,
+        )  # fmt: skip
+        key = ctx.options.llmtap_access_key
+        if key and meta.auth != f"Bearer {key}":
+            flow.response = _json_response(
+                401, "llmtap: missing or wrong Helicone-Auth proxy access key", "unauthorized"
+            )
+            return
+        if providers.wants_stream(api, kind, body):
+            req.headers["accept-encoding"] = "identity"  # the tee reads the events as they pass
+            if (
+                ctx.options.llmtap_stream_usage
+                and call.provider.stream_usage
+                and providers.needs_usage_injection(api, kind, body)
+            ):
+                call.strip_usage = _inject_include_usage(req)
+
+    def _finish(self, flow: http.HTTPFlow, call: Call, error: str | None) -> None:
+        c = call.capture
+        assert c is not None
+        resp = flow.response
+        end = time.time()
+        if resp is not None:
+            c.status = resp.status_code
+            c.content_encoding = resp.headers.get("content-encoding")
+            end = resp.timestamp_end or end
+        if call.tee is not None:
+            c.streamed = True
+            c.response_body, c.truncated = call.tee.body(), call.tee.truncated
+            if call.tee.first_token_at is not None:
+                c.ttft_ms = (call.tee.first_token_at - c.started) * 1000
+            if call.tee.failed:
+                c.extra_notes.append(call.tee.failed)
+            if error is None and not call.tee.ended:
+                error = "stream ended early"
+        elif resp is not None:
+            c.response_body = resp.raw_content or b""
+        c.latency_ms = (end - c.started) * 1000
+        c.error = error
+        if self.store is not None:
+            self.store.submit(c)
+
+    @contextmanager
+    def _guard(self, flow: http.HTTPFlow, hook: str) -> Iterator[None]:
+        try:
+            yield
+        except Exception:
+            self.hook_errors += 1
+            self.calls.pop(flow.id, None)
+            where = f"{flow.request.host}{redact_path(flow.request.path)}"
+            logger.exception(f"llmtap: {hook} hook failed for {where}; passing the request through")
+
+
+def _is_stream(resp: http.Response, kind: str | None) -> bool:
+    ctype = resp.headers.get("content-type", "")
+    return ctype.startswith("text/event-stream") or kind == "stream_generate"
+
+
+def _inject_include_usage(req: http.Request) -> bool:
+    """Ask for the final usage chunk; True when the body was changed (the tee then hides it)."""
+    try:
+        body = json.loads(req.get_content(strict=False) or b"")
+    except ValueError:
+        return False
+    if not isinstance(body, dict):
+        return False
+    opts = body.get("stream_options")
+    body["stream_options"] = {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
+    req.content = json.dumps(body, separators=(",", ":")).encode()
+    return True
+
+
+def _json_response(status: int, message: str, code: str) -> http.Response:
+    body = json.dumps({"error": {"message": message, "type": code, "code": code}})
+    return http.Response.make(status, body, {"content-type": "application/json"})

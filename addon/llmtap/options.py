@@ -1,0 +1,71 @@
+"""Every llmtap option, in one place.
+
+Set them with mitmproxy's `--set name=value`; the defaults also read environment variables
+(`LLMTAP_DB`, `LLMTAP_RULES`, `LLMTAP_ACCESS_KEY`) so `llmtap proxy` and `mitmdump -s` agree.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+STORE_OPTIONS = ("llmtap_db", "llmtap_queue_size", "llmtap_flush_ms")
+
+
+def _default_rules() -> str:
+    if "LLMTAP_RULES" in os.environ:
+        return os.environ["LLMTAP_RULES"]
+    return "rules.yaml" if Path("rules.yaml").is_file() else ""
+
+
+def register(loader: Any) -> None:
+    loader.add_option(
+        "llmtap_db",
+        str,
+        os.environ.get("LLMTAP_DB", "llmtap.duckdb"),
+        "DuckDB file that receives one row per LLM call (env LLMTAP_DB).",
+    )
+    loader.add_option(
+        "llmtap_rules",
+        str,
+        _default_rules(),
+        """
+        rules.yaml with extra provider hosts and policies (env LLMTAP_RULES; default ./rules.yaml
+        when it exists). An invalid file refuses to start.
+        """,
+    )
+    loader.add_option(
+        "llmtap_access_key",
+        str,
+        os.environ.get("LLMTAP_ACCESS_KEY", ""),
+        """
+        When set, LLM calls must carry `Helicone-Auth: Bearer <key>` or get a 401 from the proxy
+        (env LLMTAP_ACCESS_KEY). Off by default.
+        """,
+    )
+    loader.add_option(
+        "llmtap_max_body",
+        int,
+        1_000_000,
+        "Bytes of each request/response body stored; longer stream bodies keep head and tail.",
+    )
+    loader.add_option(
+        "llmtap_stream_usage",
+        bool,
+        True,
+        """
+        Add stream_options.include_usage to OpenAI-style streams that lack it, so tokens are
+        exact, and hide the extra usage chunk from the client.
+        """,
+    )
+    loader.add_option(
+        "llmtap_queue_size",
+        int,
+        10_000,
+        "Records held in memory for the writer; beyond this new records are dropped and counted.",
+    )
+    loader.add_option(
+        "llmtap_flush_ms", int, 1000,
+        "Milliseconds between database writes; a kill -9 loses at most this much.",
+    )  # fmt: skip

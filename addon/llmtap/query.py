@@ -1,0 +1,56 @@
+"""Read access to the database, including while the proxy is running.
+
+DuckDB allows one read-write process per file and, while it holds the file, no reader in
+another process. The proxy's writer holds the file only for the few milliseconds of each flush
+(store.py), so a reader opens it read-only, retrying for a while if a flush is in progress.
+Rows reach the file within `llmtap_flush_ms` (1 s by default) of a call finishing.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from .migrations import migrate, pending
+
+
+class QueryError(Exception):
+    """A user-facing problem: no database yet, a file that stays locked, bad SQL."""
+
+
+def connect(path: str | Path, wait: float = 15.0) -> duckdb.DuckDBPyConnection:
+    """A read-only connection with the schema up to date, waiting out a writer's flush."""
+    path = Path(path)
+    if not path.exists():
+        raise QueryError(f"no database at {path} yet: start the proxy (or run `llmtap demo`) first")
+    deadline = time.monotonic() + wait
+    upgraded = False
+    while True:
+        try:
+            conn = duckdb.connect(str(path), read_only=True)
+            if upgraded or not pending(conn):
+                return conn
+            conn.close()
+            with duckdb.connect(str(path)) as rw:  # an older file: bring it up to date once
+                migrate(rw)
+            upgraded = True
+        except duckdb.IOException as e:
+            if "lock" not in str(e).lower() or time.monotonic() > deadline:
+                raise QueryError(f"cannot open {path}: {e}") from e
+            time.sleep(0.05)
+
+
+def run(path: str | Path, sql: str, params: dict[str, Any] | None = None) -> tuple[list[str], list[tuple]]:
+    """Columns and rows of one SQL statement against the database, read-only."""
+    conn = connect(path)
+    try:
+        cur = conn.execute(sql, params or None)
+        columns = [d[0] for d in cur.description or []]
+        return columns, cur.fetchall()
+    except duckdb.Error as e:
+        raise QueryError(str(e)) from e
+    finally:
+        conn.close()

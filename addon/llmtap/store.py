@@ -1,0 +1,186 @@
+"""The only DuckDB writer: a bounded queue in front of one background thread.
+
+Hooks call `submit`, which never blocks: when the queue is full the capture is dropped, counted
+and logged. The writer thread turns captures into rows (parsing, usage, pricing happen here, off
+the event loop) and inserts them in batches, one transaction per batch.
+
+DuckDB lets one process hold a database file read-write, and while it does no other process can
+even read it. So the writer opens the file only for the moment of a flush (every
+`flush_interval` seconds, option `llmtap_flush_ms`, or sooner when a batch fills) and closes it
+again; `llmtap sql` and reports open it read-only in between. If the file is locked (a long query), unwritable or the disk
+is full, rows stay in memory (at most `queue_size` of them, oldest dropped first and counted) and
+the flush is retried; traffic never waits for the database.
+
+What a crash can lose: on SIGTERM/SIGINT `close()` flushes everything. A `kill -9` loses the rows
+still in memory: at most `flush_interval` seconds of calls (plus any backlog while the file was
+unavailable) and the calls in flight at that moment.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+
+from .migrations import migrate
+from .record import COLUMNS, TYPES, Capture, to_row
+
+logger = logging.getLogger(__name__)
+
+_INSERT = "INSERT INTO requests ({cols}) SELECT {unnests}".format(
+    cols=", ".join(COLUMNS),
+    unnests=", ".join(f"unnest(?::{t}[])" for t in TYPES),
+)
+_WARN_EVERY = 30.0
+
+
+@dataclass(slots=True)
+class Stats:
+    queued: int = 0
+    written: int = 0
+    dropped: int = 0
+    write_errors: int = 0
+    row_errors: int = 0
+
+
+class Store:
+    def __init__(
+        self, path: str, queue_size: int = 10_000, flush_interval: float = 1.0, batch_size: int = 2_000
+    ) -> None:
+        self.path = path
+        self.flush_interval = flush_interval
+        self.batch_size = batch_size
+        self.max_pending = queue_size
+        self.stats = Stats()
+        self._queue: queue.Queue[Capture | None] = queue.Queue(maxsize=queue_size)
+        self._pending: deque[tuple[Any, ...]] = deque()
+        self._thread: threading.Thread | None = None
+        self._migrated = False
+        self._last_warning: dict[str, float] = {}
+        self._started = time.monotonic()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="llmtap-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, capture: Capture) -> bool:
+        """Queue a capture without ever waiting; False (counted, logged) when the queue is full."""
+        try:
+            self._queue.put_nowait(capture)
+        except queue.Full:
+            self.stats.dropped += 1
+            self._warn("queue", f"llmtap: write queue full, dropped a record ({self.stats.dropped} so far)")
+            return False
+        self.stats.queued += 1
+        return True
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Flush everything queued, then stop the thread (shutdown)."""
+        if self._thread is None:
+            return
+        try:
+            self._queue.put(None, timeout=timeout)
+        except queue.Full:
+            logger.error("llmtap: writer did not drain its queue in time; unflushed rows are lost")
+        self._thread.join(timeout)
+        self._thread = None
+
+    def _run(self) -> None:
+        last_flush = time.monotonic()
+        stopping = False
+        while not stopping:
+            timeout = max(0.0, self.flush_interval - (time.monotonic() - last_flush))
+            batch, stopping = self._take(timeout)
+            for capture in batch:
+                self._convert(capture)
+            due = time.monotonic() - last_flush >= self.flush_interval
+            if self._pending and (due or stopping or len(self._pending) >= self.batch_size):
+                self.flush()
+            if due or stopping:
+                last_flush = time.monotonic()
+
+    def _take(self, timeout: float) -> tuple[list[Capture], bool]:
+        """Wait up to `timeout` for the first item, then take whatever else is already there."""
+        items: list[Capture] = []
+        try:
+            item = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return items, False
+        while True:
+            if item is None:
+                return items, True
+            items.append(item)
+            if len(items) >= self.batch_size:
+                return items, False
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return items, False
+
+    def _convert(self, capture: Capture) -> None:
+        try:
+            row = to_row(capture)
+        except Exception as e:
+            self.stats.row_errors += 1
+            logger.exception(f"llmtap: could not account for request {capture.meta.request_id}")
+            row = _bare_row(capture, f"llmtap accounting failed: {e!r}")
+        self._pending.append(row)
+        while len(self._pending) > self.max_pending:
+            self._pending.popleft()
+            self.stats.dropped += 1
+
+    def flush(self) -> bool:
+        """Write every pending row in one transaction; on failure keep them for the next try."""
+        rows = list(self._pending)
+        try:
+            with duckdb.connect(self.path) as conn:
+                if not self._migrated:
+                    migrate(conn)
+                    self._migrated = True
+                conn.execute("BEGIN TRANSACTION")
+                for start in range(0, len(rows), self.batch_size):
+                    part = rows[start : start + self.batch_size]
+                    conn.execute(_INSERT, [list(col) for col in zip(*part, strict=True)])
+                conn.execute("COMMIT")
+        except Exception as e:
+            self.stats.write_errors += 1
+            self._warn(
+                "write",
+                f"llmtap: cannot write to {self.path} ({e}); {len(rows)} rows kept in memory, "
+                "retrying. Traffic is not affected.",
+            )
+            return False
+        for _ in rows:
+            self._pending.popleft()
+        self.stats.written += len(rows)
+        return True
+
+    def _warn(self, key: str, message: str) -> None:
+        """Loud but not flooding; WARNING during startup, where an ERROR would stop mitmdump."""
+        now = time.monotonic()
+        if now - self._last_warning.get(key, -_WARN_EVERY) < _WARN_EVERY:
+            return
+        self._last_warning[key] = now
+        level = logging.ERROR if now - self._started > 5 else logging.WARNING
+        logger.log(level, message)
+
+
+def _bare_row(c: Capture, error: str) -> tuple[Any, ...]:
+    """A row with only what needs no parsing, so a bug in accounting loses no call."""
+    from datetime import UTC, datetime
+
+    values: dict[str, Any] = dict.fromkeys(COLUMNS)
+    values.update(
+        request_id=c.meta.request_id, created_at=datetime.fromtimestamp(c.started, UTC),
+        source="proxy", provider=c.provider, api=c.api, endpoint=c.endpoint, host=c.host,
+        method=c.method, path=c.path, status=c.status, streamed=c.streamed,
+        latency_ms=c.latency_ms, ttft_ms=c.ttft_ms, error=error, cost_note="accounting failed",
+        properties="{}", request_headers="{}",
+    )  # fmt: skip
+    return tuple(values[name] for name in COLUMNS)

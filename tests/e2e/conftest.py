@@ -1,0 +1,88 @@
+"""End-to-end harness: a real mitmdump subprocess with addon/tap.py in front of the fake provider.
+
+Every proxy gets its own confdir (its own CA) and database under tmp_path. `Proxy.stop()` sends
+SIGTERM, so the addon's `done` flushes the writer before rows are read.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+from llmtap import proxyproc
+from tests.fakeprovider import FakeProvider
+
+
+class Proxy:
+    def __init__(self, proc: proxyproc.ProxyProcess, db: Path, confdir: Path) -> None:
+        self.proc, self.db, self.confdir = proc, db, confdir
+
+    @property
+    def url(self) -> str:
+        return self.proc.url
+
+    @property
+    def port(self) -> int:
+        return self.proc.port
+
+    @property
+    def ca(self) -> Path:
+        return self.confdir / "mitmproxy-ca-cert.pem"
+
+    def stop(self) -> int:
+        return self.proc.stop()
+
+    def log(self) -> str:
+        return self.proc.output()
+
+    def rows(self, where: str = "TRUE", params: list[Any] | None = None) -> list[dict[str, Any]]:
+        """Rows as dicts, read once the proxy has stopped (and flushed)."""
+        if self.proc.proc.poll() is None:
+            assert self.stop() == 0, self.log()
+        with duckdb.connect(str(self.db), read_only=True) as conn:
+            cur = conn.execute(f"SELECT * FROM requests WHERE {where} ORDER BY created_at", params or [])
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeProvider]:
+    with FakeProvider() as provider:
+        yield provider
+
+
+@pytest.fixture
+def start_proxy(tmp_path: Path) -> Iterator[Callable[..., Proxy]]:
+    started: list[Proxy] = []
+
+    def start(*args: str, db: Path | None = None, flush_ms: int = 200) -> Proxy:
+        n = len(started)
+        work = tmp_path / f"proxy{n}"
+        db = db or tmp_path / f"llmtap{n}.duckdb"
+        proc = proxyproc.start(
+            ["--set", f"llmtap_db={db}", "--set", f"llmtap_flush_ms={flush_ms}", *args], work
+        )
+        proxy = Proxy(proc, db, work / "conf")
+        started.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in started:
+        proxy.stop()
+
+
+@pytest.fixture
+def gateway(fake: FakeProvider, start_proxy: Callable[..., Proxy]) -> Proxy:
+    """Gateway mode: `mitmdump --mode reverse:<provider> -s addon/tap.py`."""
+    return start_proxy("--mode", f"reverse:{fake.url}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
