@@ -139,11 +139,20 @@ class LLMTap:
         api = call.provider.api
         kind = providers.endpoint(api, req.path)
         call.capture = Capture(
-            meta=meta, provider=call.provider.name, api=api, price_id=call.provider.price_id,
-            inferred=call.provider.inferred, endpoint=kind, host=call.host, method=req.method,
-            path=call.path, started=req.timestamp_start, request_headers=request_headers,
-            request_body=body, store_limit=ctx.options.llmtap_max_body,
-        )  # fmt: skip
+            meta=meta,
+            provider=call.provider.name,
+            api=api,
+            price_id=call.provider.price_id,
+            inferred=call.provider.inferred,
+            endpoint=kind,
+            host=call.host,
+            method=req.method,
+            path=call.path,
+            started=req.timestamp_start,
+            request_headers=request_headers,
+            request_body=body,
+            store_limit=ctx.options.llmtap_max_body,
+        )
         key = ctx.options.llmtap_access_key
         if key and meta.auth != f"Bearer {key}":
             flow.response = _json_response(

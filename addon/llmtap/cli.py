@@ -86,3 +86,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from . import demo
 
     return demo.run(Path(args.db))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -66,6 +66,8 @@ def register(loader: Any) -> None:
         "Records held in memory for the writer; beyond this new records are dropped and counted.",
     )
     loader.add_option(
-        "llmtap_flush_ms", int, 1000,
+        "llmtap_flush_ms",
+        int,
+        1000,
         "Milliseconds between database writes; a kill -9 loses at most this much.",
-    )  # fmt: skip
+    )

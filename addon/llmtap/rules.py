@@ -48,9 +48,9 @@ def parse(data: Any, name: str = "rules.yaml") -> Rules:
         return Rules(source=name)
     if not isinstance(data, dict):
         raise RulesError(name, "", f"expected a mapping at the top level, got {type(data).__name__}")
-    unknown = set(data) - {"providers", "rules"}
+    unknown = set(data) - {"providers"}
     if unknown:
-        raise RulesError(name, sorted(unknown)[0], "unknown key (expected providers, rules)")
+        raise RulesError(name, sorted(unknown)[0], "unknown key (expected providers)")
     providers = data.get("providers") or []
     if not isinstance(providers, list):
         raise RulesError(name, "providers", "expected a list")

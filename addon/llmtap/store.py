@@ -7,9 +7,9 @@ the event loop) and inserts them in batches, one transaction per batch.
 DuckDB lets one process hold a database file read-write, and while it does no other process can
 even read it. So the writer opens the file only for the moment of a flush (every
 `flush_interval` seconds, option `llmtap_flush_ms`, or sooner when a batch fills) and closes it
-again; `llmtap sql` and reports open it read-only in between. If the file is locked (a long query), unwritable or the disk
-is full, rows stay in memory (at most `queue_size` of them, oldest dropped first and counted) and
-the flush is retried; traffic never waits for the database.
+again; `llmtap sql` and reports open it read-only in between. If the file is locked (a long
+query), unwritable or the disk is full, rows stay in memory (at most `queue_size` of them, oldest
+dropped first and counted) and the flush is retried; traffic never waits for the database.
 
 What a crash can lose: on SIGTERM/SIGINT `close()` flushes everything. A `kill -9` loses the rows
 still in memory: at most `flush_interval` seconds of calls (plus any backlog while the file was
@@ -92,6 +92,7 @@ class Store:
         self._thread = None
 
     def _run(self) -> None:
+        self.flush()  # creates the file and its schema, so readers find a table from the start
         last_flush = time.monotonic()
         stopping = False
         while not stopping:
@@ -138,6 +139,8 @@ class Store:
     def flush(self) -> bool:
         """Write every pending row in one transaction; on failure keep them for the next try."""
         rows = list(self._pending)
+        if not rows and self._migrated:
+            return True
         try:
             with duckdb.connect(self.path) as conn:
                 if not self._migrated:
@@ -177,10 +180,22 @@ def _bare_row(c: Capture, error: str) -> tuple[Any, ...]:
 
     values: dict[str, Any] = dict.fromkeys(COLUMNS)
     values.update(
-        request_id=c.meta.request_id, created_at=datetime.fromtimestamp(c.started, UTC),
-        source="proxy", provider=c.provider, api=c.api, endpoint=c.endpoint, host=c.host,
-        method=c.method, path=c.path, status=c.status, streamed=c.streamed,
-        latency_ms=c.latency_ms, ttft_ms=c.ttft_ms, error=error, cost_note="accounting failed",
-        properties="{}", request_headers="{}",
-    )  # fmt: skip
+        request_id=c.meta.request_id,
+        created_at=datetime.fromtimestamp(c.started, UTC),
+        source="proxy",
+        provider=c.provider,
+        api=c.api,
+        endpoint=c.endpoint,
+        host=c.host,
+        method=c.method,
+        path=c.path,
+        status=c.status,
+        streamed=c.streamed,
+        latency_ms=c.latency_ms,
+        ttft_ms=c.ttft_ms,
+        error=error,
+        cost_note="accounting failed",
+        properties="{}",
+        request_headers="{}",
+    )
     return tuple(values[name] for name in COLUMNS)

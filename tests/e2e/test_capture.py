@@ -35,21 +35,40 @@ def claude(proxy: Proxy, key: str = "sk-ant-test") -> Anthropic:
 def test_openai_chat_exact_tokens_and_cost(gateway: Proxy, fake: FakeProvider) -> None:
     usage = {"input": 1200, "cached": 1000, "output": 300, "reasoning": 100}
     raw = oai(gateway).chat.completions.with_raw_response.create(
-        model="gpt-4o-mini", messages=MSGS,
-        extra_headers={"x-fake-usage": json.dumps(usage), "Helicone-User-Id": "alice",
-                       "Helicone-Property-Feature": "Search", "Helicone-Session-Id": "s1",
-                       "Helicone-Session-Path": "/plan/step", "Helicone-Session-Name": "trip"},
-    )  # fmt: skip
+        model="gpt-4o-mini",
+        messages=MSGS,
+        extra_headers={
+            "x-fake-usage": json.dumps(usage),
+            "Helicone-User-Id": "alice",
+            "Helicone-Property-Feature": "Search",
+            "Helicone-Session-Id": "s1",
+            "Helicone-Session-Path": "/plan/step",
+            "Helicone-Session-Name": "trip",
+        },
+    )
     assert raw.parse().choices[0].message.content == REPLY
     [row] = gateway.rows()
     assert raw.headers["helicone-id"] == row["request_id"]
-    assert (row["provider"], row["endpoint"], row["model"], row["status"]) == ("openai", "chat", "gpt-4o-mini", 200)
+    assert (row["provider"], row["endpoint"], row["model"], row["status"]) == (
+        "openai",
+        "chat",
+        "gpt-4o-mini",
+        200,
+    )
     assert (row["input_tokens"], row["cache_read_tokens"], row["output_tokens"], row["reasoning_tokens"]) == (
-        1200, 1000, 300, 100,
-    )  # fmt: skip
+        1200,
+        1000,
+        300,
+        100,
+    )
     assert row["usage_source"] == "response" and row["streamed"] is False
     assert row["cost_usd"] == expected_cost(
-        "gpt-4o-mini", "openai", row["created_at"], input_tokens=1200, cache_read_tokens=1000, output_tokens=300
+        "gpt-4o-mini",
+        "openai",
+        row["created_at"],
+        input_tokens=1200,
+        cache_read_tokens=1000,
+        output_tokens=300,
     )
     assert row["user_id"] == "alice"
     assert json.loads(row["properties"]) == {"feature": "Search"}
@@ -99,15 +118,25 @@ def test_responses_api_and_embeddings(gateway: Proxy) -> None:
     client.embeddings.create(model="text-embedding-3-small", input=["a", "b"])
     rows = gateway.rows()
     assert [(r["endpoint"], r["streamed"]) for r in rows] == [
-        ("responses", False), ("responses", True), ("embeddings", False),
-    ]  # fmt: skip
+        ("responses", False),
+        ("responses", True),
+        ("embeddings", False),
+    ]
     first, streamed, emb = rows
     assert (first["input_tokens"], first["cache_read_tokens"], first["output_tokens"]) == (500, 100, 40)
     assert first["reasoning_tokens"] == 8
     assert first["cost_usd"] == expected_cost(
-        "gpt-4.1-mini", "openai", first["created_at"], input_tokens=500, cache_read_tokens=100, output_tokens=40
+        "gpt-4.1-mini",
+        "openai",
+        first["created_at"],
+        input_tokens=500,
+        cache_read_tokens=100,
+        output_tokens=40,
     )
-    assert streamed["usage_source"] == "response" and streamed["output_tokens"] == stream[-1].response.usage.output_tokens
+    assert (
+        streamed["usage_source"] == "response"
+        and streamed["output_tokens"] == stream[-1].response.usage.output_tokens
+    )
     assert emb["input_tokens"] > 0 and emb["cost_usd"] > 0
 
 
@@ -117,26 +146,45 @@ def test_anthropic_cache_tokens_are_counted_and_priced(gateway: Proxy, stream: b
     headers = {"x-fake-usage": json.dumps(usage), "Helicone-User-Id": "bob"}
     client = claude(gateway)
     if stream:
-        with client.messages.stream(model="claude-haiku-4-5", max_tokens=64, messages=MSGS, extra_headers=headers) as s:
+        with client.messages.stream(
+            model="claude-haiku-4-5", max_tokens=64, messages=MSGS, extra_headers=headers
+        ) as s:
             msg = s.get_final_message()
     else:
-        msg = client.messages.create(model="claude-haiku-4-5", max_tokens=64, messages=MSGS, extra_headers=headers)
+        msg = client.messages.create(
+            model="claude-haiku-4-5", max_tokens=64, messages=MSGS, extra_headers=headers
+        )
     assert msg.usage.input_tokens == 100  # Anthropic's own field excludes cache tokens
     [row] = gateway.rows()
     assert (row["provider"], row["endpoint"], row["streamed"]) == ("anthropic", "messages", stream)
-    assert (row["input_tokens"], row["cache_read_tokens"], row["cache_write_tokens"], row["output_tokens"]) == (
-        5100, 3000, 2000, 50,
-    )  # fmt: skip
+    assert (
+        row["input_tokens"],
+        row["cache_read_tokens"],
+        row["cache_write_tokens"],
+        row["output_tokens"],
+    ) == (
+        5100,
+        3000,
+        2000,
+        50,
+    )
     assert row["cost_usd"] == expected_cost(
-        "claude-haiku-4-5", "anthropic", row["created_at"],
-        input_tokens=5100, cache_read_tokens=3000, cache_write_tokens=2000, output_tokens=50,
-    )  # fmt: skip
+        "claude-haiku-4-5",
+        "anthropic",
+        row["created_at"],
+        input_tokens=5100,
+        cache_read_tokens=3000,
+        cache_write_tokens=2000,
+        output_tokens=50,
+    )
     assert row["user_id"] == "bob"
     if stream:
         assert 0 < row["ttft_ms"] <= row["latency_ms"]
 
 
-@pytest.mark.parametrize("path", [":generateContent", ":streamGenerateContent?alt=sse", ":streamGenerateContent"])
+@pytest.mark.parametrize(
+    "path", [":generateContent", ":streamGenerateContent?alt=sse", ":streamGenerateContent"]
+)
 def test_gemini(gateway: Proxy, path: str) -> None:
     usage = json.dumps({"input": 80, "cached": 20, "output": 30, "reasoning": 10})
     req = urllib.request.Request(
@@ -149,20 +197,30 @@ def test_gemini(gateway: Proxy, path: str) -> None:
     [row] = gateway.rows()
     assert (row["provider"], row["model"]) == ("google", "gemini-2.0-flash")
     assert (row["input_tokens"], row["cache_read_tokens"], row["output_tokens"], row["reasoning_tokens"]) == (
-        80, 20, 30, 10,
-    )  # fmt: skip
+        80,
+        20,
+        30,
+        10,
+    )
     assert row["streamed"] is ("stream" in path)
     assert row["cost_usd"] == expected_cost(
-        "gemini-2.0-flash", "google", row["created_at"],
-        input_tokens=80, cache_read_tokens=20, output_tokens=30, output_reasoning_tokens=10,
-    )  # fmt: skip
+        "gemini-2.0-flash",
+        "google",
+        row["created_at"],
+        input_tokens=80,
+        cache_read_tokens=20,
+        output_tokens=30,
+        output_reasoning_tokens=10,
+    )
 
 
 def test_unknown_model_and_error_status_are_null_not_zero(gateway: Proxy) -> None:
     client = oai(gateway)
     client.chat.completions.create(model="my-private-model-7", messages=MSGS)
     with pytest.raises(Exception, match="429|rate"):
-        client.chat.completions.create(model="gpt-4o-mini", messages=MSGS, extra_headers={"x-fake-status": "429"})
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=MSGS, extra_headers={"x-fake-status": "429"}
+        )
     unknown, limited = gateway.rows()
     assert unknown["cost_usd"] is None and "my-private-model-7" in unknown["cost_note"]
     assert unknown["input_tokens"] > 0
@@ -172,9 +230,10 @@ def test_unknown_model_and_error_status_are_null_not_zero(gateway: Proxy) -> Non
 
 def test_omit_headers_keep_tokens_but_not_bodies(gateway: Proxy) -> None:
     oai(gateway).chat.completions.create(
-        model="gpt-4o-mini", messages=MSGS,
+        model="gpt-4o-mini",
+        messages=MSGS,
         extra_headers={"Helicone-Omit-Request": "true", "Helicone-Omit-Response": "true"},
-    )  # fmt: skip
+    )
     [row] = gateway.rows()
     assert row["request_body"] is None and row["response_body"] is None
     assert row["input_tokens"] > 0 and row["cost_usd"] > 0

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Create ./.venv with Python >= 3.12 (mitmproxy 12 needs it) and install llmtap with its dev extras.
+# Safe to run again: an existing .venv is reused and the install refreshed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+is_312() { "$1" -c 'import sys; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1; }
+
+find_python() {
+  local cand
+  for cand in python3.12 python3.13 python3.14 python3; do
+    if command -v "$cand" >/dev/null 2>&1 && is_312 "$cand"; then command -v "$cand"; return 0; fi
+  done
+  # pyenv installs that are not the global version (the shim refuses them).
+  for cand in "$HOME"/.pyenv/versions/3.1[2-9]*/bin/python3 /usr/local/bin/python3.1[2-9] /usr/bin/python3.1[2-9]; do
+    if [ -x "$cand" ] && is_312 "$cand"; then echo "$cand"; return 0; fi
+  done
+  return 1
+}
+
+if [ ! -x .venv/bin/python ] || ! is_312 .venv/bin/python; then
+  PY=$(find_python) || { echo "setup: llmtap needs Python >= 3.12 (none found on PATH or in ~/.pyenv)" >&2; exit 1; }
+  echo "setup: creating .venv with $PY ($("$PY" --version))"
+  rm -rf .venv
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+echo "setup: ready ($(.venv/bin/python --version), llmtap $(.venv/bin/python -c 'import llmtap; print(llmtap.__version__)'))"
