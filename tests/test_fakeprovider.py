@@ -58,8 +58,9 @@ def expected_input(fp: FakeProvider) -> int:
     return 10 + len(fp.received[-1].body) // 50
 
 
-def raw(fp: FakeProvider, method: str, path: str, body: object = None,
-        headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+def raw(
+    fp: FakeProvider, method: str, path: str, body: object = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
     """A plain HTTP request, for the formats no SDK here speaks and for framing checks."""
     conn = http.client.HTTPConnection("127.0.0.1", fp.port, timeout=10)
     data = json.dumps(body).encode() if body is not None else None
@@ -73,11 +74,13 @@ def raw(fp: FakeProvider, method: str, path: str, body: object = None,
 def sse_data(content: bytes, eol: str = "\n") -> list[str]:
     events = content.decode().split(eol * 2)
     assert events[-1] == ""
-    return [line[len("data: "):] for ev in events[:-1] for line in ev.split(eol)
-            if line.startswith("data: ")]
+    return [
+        line[len("data: ") :] for ev in events[:-1] for line in ev.split(eol) if line.startswith("data: ")
+    ]
 
 
 # --- OpenAI ---------------------------------------------------------------------------------
+
 
 def test_chat_non_stream_usage(oai: OpenAI, fp: FakeProvider) -> None:
     usage = json.dumps({"input": 120, "output": 40, "cached": 100, "reasoning": 30})
@@ -95,8 +98,9 @@ def test_chat_non_stream_usage(oai: OpenAI, fp: FakeProvider) -> None:
 
 
 def test_chat_default_usage_and_model_override(oai: OpenAI, fp: FakeProvider) -> None:
-    r = oai.chat.completions.create(model="gpt-4o", messages=MESSAGES,
-                                    extra_headers={"x-fake-model": "gpt-4o-2024-08-06"})
+    r = oai.chat.completions.create(
+        model="gpt-4o", messages=MESSAGES, extra_headers={"x-fake-model": "gpt-4o-2024-08-06"}
+    )
     assert r.model == "gpt-4o-2024-08-06"
     assert r.choices[0].message.content == REPLY
     assert r.usage is not None
@@ -114,9 +118,13 @@ def test_chat_stream_without_usage(oai: OpenAI) -> None:
 
 
 def test_chat_stream_with_usage(oai: OpenAI, fp: FakeProvider) -> None:
-    stream = oai.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True,
-                                         stream_options={"include_usage": True},
-                                         extra_headers={"x-fake-reply": "one two three"})
+    stream = oai.chat.completions.create(
+        model="gpt-4o",
+        messages=MESSAGES,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_headers={"x-fake-reply": "one two three"},
+    )
     chunks = list(stream)
     assert [c.choices[0].delta.content for c in chunks[1:4]] == ["one ", "two ", "three"]
     assert chunks[-2].choices[0].finish_reason == "stop"
@@ -134,8 +142,9 @@ def test_chat_stream_framing(fp: FakeProvider) -> None:
     data = sse_data(content)
     assert data[-1] == "[DONE]" and '"usage"' not in content.decode()
     assert all(json.loads(d)["object"] == "chat.completion.chunk" for d in data[:-1])
-    with_usage = raw(fp, "POST", "/v1/chat/completions",
-                     {**body, "stream_options": {"include_usage": True}})[2]
+    with_usage = raw(fp, "POST", "/v1/chat/completions", {**body, "stream_options": {"include_usage": True}})[
+        2
+    ]
     assert all('"usage":' in d for d in sse_data(with_usage)[:-1])
 
 
@@ -143,8 +152,14 @@ def test_legacy_completions(oai: OpenAI) -> None:
     r = oai.completions.create(model="gpt-3.5-turbo-instruct", prompt="Say hello")
     assert r.object == "text_completion" and r.choices[0].text == REPLY
     assert r.usage is not None and r.usage.completion_tokens == 6
-    chunks = list(oai.completions.create(model="gpt-3.5-turbo-instruct", prompt="Say hello",
-                                         stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        oai.completions.create(
+            model="gpt-3.5-turbo-instruct",
+            prompt="Say hello",
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert "".join(c.choices[0].text for c in chunks if c.choices) == REPLY
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
     assert all(c.usage is None for c in chunks[:-1])
@@ -152,8 +167,7 @@ def test_legacy_completions(oai: OpenAI) -> None:
 
 def test_embeddings(oai: OpenAI) -> None:
     b64 = oai.embeddings.create(model="text-embedding-3-small", input=["a", "b"])
-    floats = oai.embeddings.create(model="text-embedding-3-small", input=["a", "b"],
-                                   encoding_format="float")
+    floats = oai.embeddings.create(model="text-embedding-3-small", input=["a", "b"], encoding_format="float")
     assert [d.index for d in b64.data] == [0, 1]
     assert all(len(d.embedding) == 8 for d in b64.data + floats.data)
     assert b64.data[0].embedding == pytest.approx(floats.data[0].embedding, abs=1e-6)
@@ -164,8 +178,7 @@ def test_embeddings(oai: OpenAI) -> None:
 
 def test_responses_create(oai: OpenAI) -> None:
     usage = json.dumps({"cached": 4, "reasoning": 2})
-    r = oai.responses.create(model="gpt-4.1", input="Say hello",
-                             extra_headers={"x-fake-usage": usage})
+    r = oai.responses.create(model="gpt-4.1", input="Say hello", extra_headers={"x-fake-usage": usage})
     assert r.output_text == REPLY and r.status == "completed" and r.model == "gpt-4.1"
     assert r.usage is not None and r.usage.output_tokens == 6
     assert r.usage.total_tokens == r.usage.input_tokens + 6
@@ -179,8 +192,12 @@ def test_responses_stream(oai: OpenAI) -> None:
         final = stream.get_final_response()
     assert final.output_text == REPLY and final.usage is not None
     types = [e.type for e in events]
-    assert types[:4] == ["response.created", "response.in_progress",
-                         "response.output_item.added", "response.content_part.added"]
+    assert types[:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
     assert types.count("response.output_text.delta") == len(REPLY.split())
     assert types[-1] == "response.completed"
     assert [e.sequence_number for e in events] == list(range(len(events)))
@@ -188,6 +205,7 @@ def test_responses_stream(oai: OpenAI) -> None:
 
 
 # --- Anthropic --------------------------------------------------------------------------------
+
 
 def test_anthropic_create(claude: Anthropic, fp: FakeProvider) -> None:
     m = claude.messages.create(model="claude-fake-1", max_tokens=50, messages=MESSAGES)
@@ -199,8 +217,9 @@ def test_anthropic_create(claude: Anthropic, fp: FakeProvider) -> None:
 
 def test_anthropic_stream_cache_usage(claude: Anthropic) -> None:
     usage = json.dumps({"input": 1000, "cached": 600, "cache_write": 300, "output": 9})
-    with claude.messages.stream(model="claude-fake-1", max_tokens=50, messages=MESSAGES,
-                                extra_headers={"x-fake-usage": usage}) as stream:
+    with claude.messages.stream(
+        model="claude-fake-1", max_tokens=50, messages=MESSAGES, extra_headers={"x-fake-usage": usage}
+    ) as stream:
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
     assert text == REPLY and final.content[0].text == REPLY  # type: ignore[union-attr]
@@ -213,36 +232,48 @@ def test_anthropic_stream_cache_usage(claude: Anthropic) -> None:
 def test_anthropic_event_sequence(fp: FakeProvider) -> None:
     body = {"model": "claude", "max_tokens": 5, "messages": MESSAGES, "stream": True}
     content = raw(fp, "POST", "/v1/messages", body, {"x-fake-reply": "a b"})[2].decode()
-    names = [line[len("event: "):] for line in content.split("\n") if line.startswith("event: ")]
-    assert names == ["message_start", "content_block_start", "ping", "content_block_delta",
-                     "content_block_delta", "content_block_stop", "message_delta", "message_stop"]
+    names = [line[len("event: ") :] for line in content.split("\n") if line.startswith("event: ")]
+    assert names == [
+        "message_start",
+        "content_block_start",
+        "ping",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
 
 
 # --- Errors -------------------------------------------------------------------------------------
 
+
 def test_openai_errors(oai: OpenAI) -> None:
     with pytest.raises(openai.RateLimitError) as info:
-        oai.chat.completions.create(model="m", messages=MESSAGES,
-                                    extra_headers={"x-fake-status": "429"})
+        oai.chat.completions.create(model="m", messages=MESSAGES, extra_headers={"x-fake-status": "429"})
     assert info.value.code == "rate_limit_exceeded"
     with pytest.raises(openai.InternalServerError):
-        oai.chat.completions.create(model="m", messages=MESSAGES, stream=True,
-                                    extra_headers={"x-fake-status": "500"})
+        oai.chat.completions.create(
+            model="m", messages=MESSAGES, stream=True, extra_headers={"x-fake-status": "500"}
+        )
 
 
 def test_anthropic_errors(claude: Anthropic) -> None:
     with pytest.raises(anthropic.RateLimitError) as info:
-        claude.messages.create(model="c", max_tokens=5, messages=MESSAGES,
-                               extra_headers={"x-fake-status": "429"})
+        claude.messages.create(
+            model="c", max_tokens=5, messages=MESSAGES, extra_headers={"x-fake-status": "429"}
+        )
     assert info.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
     with pytest.raises(anthropic.InternalServerError):
-        claude.messages.create(model="c", max_tokens=5, messages=MESSAGES,
-                               extra_headers={"x-fake-status": "500"})
+        claude.messages.create(
+            model="c", max_tokens=5, messages=MESSAGES, extra_headers={"x-fake-status": "500"}
+        )
 
 
 def test_gemini_error(fp: FakeProvider) -> None:
-    status, _, content = raw(fp, "POST", "/v1beta/models/gemini-2.0-flash:generateContent", {},
-                             {"x-fake-status": "429"})
+    status, _, content = raw(
+        fp, "POST", "/v1beta/models/gemini-2.0-flash:generateContent", {}, {"x-fake-status": "429"}
+    )
     assert status == 429
     error = json.loads(content)["error"]
     assert error["code"] == 429 and error["status"] == "RESOURCE_EXHAUSTED" and error["message"]
@@ -253,8 +284,11 @@ def test_gemini_error(fp: FakeProvider) -> None:
 GEMINI_BODY = {"contents": [{"role": "user", "parts": [{"text": "Say hello"}]}]}
 
 
-def gemini(fp: FakeProvider, path: str, headers: dict[str, str] | None = None,
-           ) -> tuple[str, bytes]:
+def gemini(
+    fp: FakeProvider,
+    path: str,
+    headers: dict[str, str] | None = None,
+) -> tuple[str, bytes]:
     """Gemini through plain urllib: no Gemini SDK is installed here."""
     headers = {"content-type": "application/json", **(headers or {})}
     data = json.dumps(GEMINI_BODY).encode()
@@ -271,12 +305,19 @@ def test_gemini_generate(fp: FakeProvider) -> None:
     assert doc["candidates"][0]["content"] == {"parts": [{"text": REPLY}], "role": "model"}
     assert doc["candidates"][0]["finishReason"] == "STOP"
     assert doc["modelVersion"] == "gemini-2.5-flash"
-    assert doc["usageMetadata"] == {"promptTokenCount": 50, "candidatesTokenCount": 15,
-                                    "totalTokenCount": 70, "cachedContentTokenCount": 10,
-                                    "thoughtsTokenCount": 5}
+    assert doc["usageMetadata"] == {
+        "promptTokenCount": 50,
+        "candidatesTokenCount": 15,
+        "totalTokenCount": 70,
+        "cachedContentTokenCount": 10,
+        "thoughtsTokenCount": 5,
+    }
     _, plain = gemini(fp, path)
-    assert set(json.loads(plain)["usageMetadata"]) == {"promptTokenCount", "candidatesTokenCount",
-                                                       "totalTokenCount"}
+    assert set(json.loads(plain)["usageMetadata"]) == {
+        "promptTokenCount",
+        "candidatesTokenCount",
+        "totalTokenCount",
+    }
 
 
 def test_gemini_sse(fp: FakeProvider) -> None:
@@ -300,9 +341,16 @@ def test_gemini_json_array_stream(fp: FakeProvider) -> None:
 
 # --- Other OpenAI-compatible paths ---------------------------------------------------------------
 
-@pytest.mark.parametrize("path", ["/chat/completions", "/openai/v1/chat/completions",
-                                  "/api/v1/chat/completions",
-                                  "/openai/deployments/my-gpt/chat/completions?api-version=2024-10-21"])
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/chat/completions",
+        "/openai/v1/chat/completions",
+        "/api/v1/chat/completions",
+        "/openai/deployments/my-gpt/chat/completions?api-version=2024-10-21",
+    ],
+)
 def test_compatible_chat_paths(fp: FakeProvider, path: str) -> None:
     status, _, content = raw(fp, "POST", path, {"messages": MESSAGES})
     assert status == 200
@@ -312,6 +360,7 @@ def test_compatible_chat_paths(fp: FakeProvider, path: str) -> None:
 
 
 # --- Non-LLM endpoints, recording, streaming behaviour --------------------------------------------
+
 
 def test_non_llm_endpoints(fp: FakeProvider) -> None:
     assert raw(fp, "GET", "/plain")[::2] == (200, b"plain body")
@@ -343,8 +392,7 @@ def test_received_records_requests(oai: OpenAI, fp: FakeProvider) -> None:
 def test_delay_spreads_events_over_time(fp: FakeProvider) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", fp.port, timeout=10)
     body = json.dumps({"model": "m", "messages": MESSAGES, "stream": True})
-    conn.request("POST", "/v1/chat/completions", body,
-                 {"x-fake-delay-ms": "100", "x-fake-reply": "a b"})
+    conn.request("POST", "/v1/chat/completions", body, {"x-fake-delay-ms": "100", "x-fake-reply": "a b"})
     resp = conn.getresponse()  # headers come at once, each event 100 ms later
     headers_at = time.monotonic()
     assert resp.read1().startswith(b"data: ")
