@@ -13,6 +13,9 @@ DEFAULT_DB = os.environ.get("LLMTAP_DB", "llmtap.duckdb")
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["proxy"] and argv[1:2] not in (["-h"], ["--help"]):
+        return run_proxy(argv[1:])  # everything after `proxy` belongs to mitmdump, untouched
     args = _parser().parse_args(argv)
     try:
         return args.func(args)
@@ -27,9 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(required=True, metavar="COMMAND")
 
     proxy = sub.add_parser("proxy", help="run mitmdump with the llmtap addon (extra args go to mitmdump)")
-    proxy.add_argument(
-        "mitmdump_args", nargs=argparse.REMAINDER, help="e.g. --mode reverse:https://api.openai.com"
-    )
+    proxy.add_argument("mitmdump_args", nargs="*", help="e.g. --mode reverse:https://api.openai.com")
     proxy.set_defaults(func=cmd_proxy)
 
     sql = sub.add_parser("sql", help="run a SQL query on the database (works while the proxy runs)")
@@ -67,7 +68,10 @@ def _emit(args: argparse.Namespace, columns: list[str], rows: list[tuple]) -> No
 
 
 def cmd_proxy(args: argparse.Namespace) -> int:
-    extra = list(args.mitmdump_args)
+    return run_proxy(list(args.mitmdump_args))
+
+
+def run_proxy(extra: list[str]) -> int:
     cmd = [*proxyproc.mitmdump_command(), "-s", str(proxyproc.TAP)]
     if not any(a in ("--listen-host",) or a.startswith("--listen-host=") for a in extra):
         cmd += ["--listen-host", "127.0.0.1"]

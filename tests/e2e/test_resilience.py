@@ -236,3 +236,45 @@ def test_db_file_is_a_valid_duckdb_after_shutdown(gateway: Proxy) -> None:
     gateway.stop()
     with duckdb.connect(str(gateway.db), read_only=True) as conn:
         assert conn.execute("SELECT name FROM _llmtap_migrations").fetchall() == [("m001_requests",)]
+
+
+def test_llmtap_proxy_command_runs_mitmdump_with_the_addon(fake: FakeProvider, tmp_path: Path) -> None:
+    port = free_port()
+    db = tmp_path / "cli.duckdb"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "addon"),
+        "LLMTAP_DB": str(db),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "llmtap.cli",
+        "proxy",
+        "--mode",
+        f"reverse:{fake.url}",
+        "-p",
+        str(port),
+        "--set",
+        f"confdir={tmp_path / 'conf'}",
+    ]
+    proc = subprocess.Popen(
+        cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-x", max_retries=0)
+                assert client.chat.completions.create(model="gpt-4o-mini", messages=MSGS).choices
+                break
+            except Exception:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.2)
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=20)[0].decode()
+    assert "listening at 127.0.0.1" in out
+    with duckdb.connect(str(db), read_only=True) as conn:
+        assert conn.execute("SELECT count(*), min(provider) FROM requests").fetchone() == (1, "openai")
