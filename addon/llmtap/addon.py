@@ -131,10 +131,11 @@ class LLMTap:
 
     def _start_call(self, flow: http.HTTPFlow, call: Call) -> None:
         req = flow.request
-        meta = headers.parse(req.headers.items(multi=True))
-        request_headers = redact_headers(req.headers.items(multi=True))
+        fields = list(req.headers.items(multi=True))
         for name in headers.proxy_only(list(req.headers.keys())):
-            del req.headers[name]
+            del req.headers[name]  # first, so no later failure can leak them upstream
+        meta = headers.parse(fields)
+        request_headers = redact_headers(fields)
         body = req.raw_content or b""
         api = call.provider.api
         kind = providers.endpoint(api, req.path)

@@ -137,42 +137,51 @@ def to_row(c: Capture) -> tuple[Any, ...]:
     if c.truncated:
         notes.append("response body larger than llmtap_max_body: stored head and tail only")
     u = tokens.usage
-    user_id = c.meta.user_id or (_str(request.get("user")) if isinstance(request, dict) else None)
-    return (
-        c.meta.request_id,
-        at,
-        "proxy",
-        c.provider,
-        c.api,
-        c.endpoint,
-        c.host,
-        c.method,
-        c.path,
-        model,
-        requested_model,
-        c.status,
-        c.streamed,
-        c.latency_ms,
-        c.ttft_ms,
-        _int(u, "input_tokens"),
-        _int(u, "output_tokens"),
-        _int(u, "cache_read_tokens"),
-        _int(u, "cache_write_tokens"),
-        _int(u, "output_reasoning_tokens"),
-        tokens.source,
-        cost.usd,
-        "; ".join(notes) or None,
-        pricing.VERSION,
-        user_id,
-        c.meta.session_id,
-        c.meta.session_path,
-        c.meta.session_name,
-        json.dumps(c.meta.properties),
-        json.dumps(c.request_headers),
-        None if c.meta.omit_request else _text(c.request_body[: c.store_limit]),
-        None if c.meta.omit_response else _text(response[: c.store_limit]),
-        c.error,
+    # An estimate knows only input and output; the cache and reasoning parts stay unknown.
+    known = tokens.source != "estimated"
+    return as_row(
+        request_id=c.meta.request_id,
+        created_at=at,
+        source="proxy",
+        provider=c.provider,
+        api=c.api,
+        endpoint=c.endpoint,
+        host=c.host,
+        method=c.method,
+        path=c.path,
+        model=model,
+        requested_model=requested_model,
+        status=c.status,
+        streamed=c.streamed,
+        latency_ms=c.latency_ms,
+        ttft_ms=c.ttft_ms,
+        input_tokens=_int(u, "input_tokens"),
+        output_tokens=_int(u, "output_tokens"),
+        cache_read_tokens=_int(u, "cache_read_tokens") if known else None,
+        cache_write_tokens=_int(u, "cache_write_tokens") if known else None,
+        reasoning_tokens=_int(u, "output_reasoning_tokens") if known else None,
+        usage_source=tokens.source,
+        cost_usd=cost.usd,
+        cost_note="; ".join(notes) or None,
+        prices_version=pricing.VERSION,
+        user_id=c.meta.user_id or (_str(request.get("user")) if isinstance(request, dict) else None),
+        session_id=c.meta.session_id,
+        session_path=c.meta.session_path,
+        session_name=c.meta.session_name,
+        properties=json.dumps(c.meta.properties),
+        request_headers=json.dumps(c.request_headers),
+        request_body=None if c.meta.omit_request else _text(c.request_body[: c.store_limit]),
+        response_body=None if c.meta.omit_response else _text(response[: c.store_limit]),
+        error=c.error,
     )
+
+
+def as_row(**values: Any) -> tuple[Any, ...]:
+    """A row in COLUMNS order; columns not given are NULL, unknown names are a bug."""
+    unknown = values.keys() - set(COLUMNS)
+    if unknown:
+        raise KeyError(f"not a requests column: {sorted(unknown)}")
+    return tuple(values.get(name) for name in COLUMNS)
 
 
 def _int(u: object, name: str) -> int | None:

@@ -53,7 +53,7 @@ def parse(data: Any, name: str = "rules.yaml") -> Rules:
         raise RulesError(name, sorted(unknown)[0], "unknown key (expected providers)")
     providers = data.get("providers") or []
     if not isinstance(providers, list):
-        raise RulesError(name, "providers", "expected a list")
+        raise RulesError(name, "providers", f"expected a list, got {providers!r}")
     table: dict[str, Provider] = {}
     for i, entry in enumerate(providers):
         host, provider = _provider(entry, name, f"providers[{i}]")

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 
 # An empty line ends an event: two consecutive line terminators of any kind.
 _BOUNDARY = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r(?!\n)|\n)")
+# Only CR, LF and CRLF end an SSE line; str.splitlines() would also split on U+2028 and friends,
+# which JSON may carry raw inside strings.
+_LINE_END = re.compile(r"\r\n|\r|\n")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +65,7 @@ def parse_event(raw: bytes) -> Event:
     """Read one raw event's type and data; several data lines join with newlines (spec)."""
     event_type = "message"
     data: list[str] = []
-    for line in raw.decode("utf-8", "replace").splitlines():
+    for line in _LINE_END.split(raw.decode("utf-8", "replace")):
         if not line or line.startswith(":"):
             continue
         name, _, value = line.partition(":")

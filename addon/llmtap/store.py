@@ -24,12 +24,13 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import duckdb
 
 from .migrations import migrate
-from .record import COLUMNS, TYPES, Capture, to_row
+from .record import COLUMNS, TYPES, Capture, as_row, to_row
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class Store:
         self._pending: deque[tuple[Any, ...]] = deque()
         self._thread: threading.Thread | None = None
         self._migrated = False
+        self._locked = False  # the last write failed on another process's lock (worth waiting for)
         self._last_warning: dict[str, float] = {}
         self._started = time.monotonic()
 
@@ -105,6 +107,17 @@ class Store:
                 self.flush()
             if due or stopping:
                 last_flush = time.monotonic()
+        self._final_flush()
+
+    def _final_flush(self, patience: float = 5.0) -> None:
+        """At shutdown a reader may hold the file for a moment: keep trying, then say what is lost."""
+        deadline = time.monotonic() + patience
+        while self._pending and not self.flush():
+            if not self._locked or time.monotonic() > deadline:
+                self.stats.dropped += len(self._pending)
+                logger.error(f"llmtap: {len(self._pending)} rows could not be written before shutdown")
+                return
+            time.sleep(0.2)
 
     def _take(self, timeout: float) -> tuple[list[Capture], bool]:
         """Wait up to `timeout` for the first item, then take whatever else is already there."""
@@ -143,15 +156,15 @@ class Store:
             return True
         try:
             with duckdb.connect(self.path) as conn:
-                if not self._migrated:
-                    migrate(conn)
-                    self._migrated = True
+                migrate(conn)  # every open: the file may have been replaced while we run
+                self._migrated = True
                 conn.execute("BEGIN TRANSACTION")
                 for start in range(0, len(rows), self.batch_size):
                     part = rows[start : start + self.batch_size]
                     conn.execute(_INSERT, [list(col) for col in zip(*part, strict=True)])
                 conn.execute("COMMIT")
         except Exception as e:
+            self._locked = isinstance(e, duckdb.IOException) and "lock" in str(e).lower()
             self.stats.write_errors += 1
             self._warn(
                 "write",
@@ -176,10 +189,7 @@ class Store:
 
 def _bare_row(c: Capture, error: str) -> tuple[Any, ...]:
     """A row with only what needs no parsing, so a bug in accounting loses no call."""
-    from datetime import UTC, datetime
-
-    values: dict[str, Any] = dict.fromkeys(COLUMNS)
-    values.update(
+    return as_row(
         request_id=c.meta.request_id,
         created_at=datetime.fromtimestamp(c.started, UTC),
         source="proxy",
@@ -198,4 +208,3 @@ def _bare_row(c: Capture, error: str) -> tuple[Any, ...]:
         properties="{}",
         request_headers="{}",
     )
-    return tuple(values[name] for name in COLUMNS)

@@ -35,6 +35,7 @@ _USAGE_NULL = re.compile(rb',\s*"usage"\s*:\s*null')
 _USAGE_ONLY = re.compile(rb'"choices"\s*:\s*\[\s*\]')
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 TAIL_BYTES = 64 * 1024
+_EDGE = 64
 
 
 class StreamTee:
@@ -56,11 +57,13 @@ class StreamTee:
         try:
             return self._handle(data)
         except Exception as e:  # never let a bug cut the user's stream
-            if self.failed is None:
-                self.failed = f"stream tee error: {e!r}"
-                logger.exception("llmtap: stream tee failed; passing the rest through unchanged")
+            self._failed(e)
+            if not self._strip or self._splitter is None:
+                return data
+            # Release what the splitter was holding back (it never absorbs a chunk it raised on).
             self._strip = False
-            return data
+            held = self._splitter.flush() + data
+            return held if held else []
 
     def _handle(self, data: bytes) -> bytes | list[bytes]:
         if not data:
@@ -72,12 +75,35 @@ class StreamTee:
         now = time.time()
         if self.first_byte_at is None:
             self.first_byte_at = now
-        self._keep(data)
-        if self.first_token_at is None and _TOKEN.search(data):
+        if self.first_token_at is None and _TOKEN.search(self._edge + data):
             self.first_token_at = now
+        self._keep(data)
         if self._splitter is None or not self._strip:
             return data
-        return [out for raw in self._splitter.feed(data) if (out := _client_view(raw))]
+        events = self._splitter.feed(data)
+        out: list[bytes] = []
+        for i, raw in enumerate(events):
+            try:
+                view = _client_view(raw)
+            except Exception as e:  # stop rewriting; everything from here on goes out as it came
+                self._failed(e)
+                self._strip = False
+                out.append(b"".join(events[i:]) + self._splitter.flush())
+                break
+            if view:
+                out.append(view)
+        return out
+
+    def _failed(self, e: Exception) -> None:
+        if self.failed is None:
+            self.failed = f"stream tee error: {e!r}"
+            logger.exception("llmtap: stream tee failed; passing the rest through unchanged")
+
+    @property
+    def _edge(self) -> bytes:
+        """The end of what came before, so a token split across two chunks is still seen."""
+        kept = self.tail if self.tail else self.head
+        return bytes(kept[-_EDGE:])
 
     def _keep(self, data: bytes) -> None:
         self.total += len(data)

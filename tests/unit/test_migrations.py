@@ -1,0 +1,135 @@
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import duckdb
+import pytest
+
+from llmtap import migrations
+from llmtap.migrations import MIGRATIONS, applied, migrate, migration, pending
+from llmtap.record import COLUMNS
+
+EXPECTED = {
+    "request_id": "VARCHAR",
+    "created_at": "TIMESTAMP WITH TIME ZONE",
+    "source": "VARCHAR",
+    "provider": "VARCHAR",
+    "api": "VARCHAR",
+    "endpoint": "VARCHAR",
+    "host": "VARCHAR",
+    "method": "VARCHAR",
+    "path": "VARCHAR",
+    "model": "VARCHAR",
+    "requested_model": "VARCHAR",
+    "status": "INTEGER",
+    "streamed": "BOOLEAN",
+    "latency_ms": "DOUBLE",
+    "ttft_ms": "DOUBLE",
+    "input_tokens": "BIGINT",
+    "output_tokens": "BIGINT",
+    "cache_read_tokens": "BIGINT",
+    "cache_write_tokens": "BIGINT",
+    "reasoning_tokens": "BIGINT",
+    "usage_source": "VARCHAR",
+    "cost_usd": "DECIMAL(18,9)",
+    "cost_note": "VARCHAR",
+    "prices_version": "VARCHAR",
+    "user_id": "VARCHAR",
+    "session_id": "VARCHAR",
+    "session_path": "VARCHAR",
+    "session_name": "VARCHAR",
+    "properties": "JSON",
+    "request_headers": "JSON",
+    "request_body": "VARCHAR",
+    "response_body": "VARCHAR",
+    "error": "VARCHAR",
+}
+
+
+@pytest.fixture
+def db() -> Iterator[duckdb.DuckDBPyConnection]:
+    conn = duckdb.connect(":memory:")
+    yield conn
+    conn.close()
+
+
+def columns(conn: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:
+    rows = conn.execute(
+        "SELECT column_name, data_type FROM information_schema.columns"
+        " WHERE table_name = ? ORDER BY ordinal_position",
+        [table],
+    ).fetchall()
+    return dict(rows)
+
+
+def test_migrate_blank(db: duckdb.DuckDBPyConnection) -> None:
+    names = [fn.__name__ for fn in MIGRATIONS]
+    assert pending(db) == MIGRATIONS
+    assert migrate(db) == names
+    assert columns(db, "requests") == EXPECTED
+    assert columns(db, "_llmtap_migrations") == {"name": "VARCHAR", "applied_at": "TIMESTAMP WITH TIME ZONE"}
+    assert applied(db) == names
+    assert pending(db) == []
+
+
+def test_schema_matches_the_row_shape() -> None:
+    assert tuple(EXPECTED) == COLUMNS
+
+
+def test_migrate_is_idempotent(db: duckdb.DuckDBPyConnection) -> None:
+    migrate(db)
+    db.execute("INSERT INTO requests (request_id, created_at) VALUES ('r1', now())")
+    stamps = db.execute("SELECT name, applied_at FROM _llmtap_migrations").fetchall()
+    assert migrate(db) == []
+    assert db.execute("SELECT name, applied_at FROM _llmtap_migrations").fetchall() == stamps
+    assert db.execute("SELECT request_id, source FROM requests").fetchall() == [("r1", "proxy")]
+
+
+def test_applied_on_a_blank_db_is_read_only(db: duckdb.DuckDBPyConnection) -> None:
+    assert applied(db) == []
+    assert db.execute("SELECT count(*) FROM information_schema.tables").fetchone() == (0,)
+
+
+def test_numbers_are_unique_and_ascending() -> None:
+    numbers = [int(re.match(r"^m(\d{3})_\w+$", fn.__name__).group(1)) for fn in MIGRATIONS]  # type: ignore[union-attr]
+    assert numbers == list(range(1, len(MIGRATIONS) + 1))
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        # the name must carry a three-digit number
+        ("requests_v2", "migration name must look like m001_name, got 'requests_v2'"),
+        ("m1_requests", "migration name must look like m001_name, got 'm1_requests'"),
+        # a duplicate, a gap, or going back
+        ("m001_again", "migration m001_again is out of sequence: expected m{next:03d}"),
+        ("m999_skip", "migration m999_skip is out of sequence: expected m{next:03d}"),
+    ],
+)
+def test_registration_rejects_bad_numbers(name: str, message: str) -> None:
+    def fn(conn: duckdb.DuckDBPyConnection) -> None:
+        raise AssertionError("never run")
+
+    fn.__name__ = name
+    before = list(MIGRATIONS)
+    with pytest.raises(ValueError, match=f"^{re.escape(message.format(next=len(MIGRATIONS) + 1))}$"):
+        migration(fn)
+    assert MIGRATIONS == before
+
+
+def test_a_failing_migration_rolls_back(
+    db: duckdb.DuckDBPyConnection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    migrate(db)
+
+    def m999_broken(conn: duckdb.DuckDBPyConnection) -> None:
+        conn.execute("ALTER TABLE requests ADD COLUMN half_done VARCHAR")
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(migrations, "MIGRATIONS", [*MIGRATIONS, m999_broken])
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        migrate(db)
+    assert "half_done" not in columns(db, "requests")
+    assert "m999_broken" not in applied(db)
+    assert pending(db) == [m999_broken]
