@@ -28,3 +28,15 @@ def test_every_option_is_documented() -> None:
     source = (Path(cli.__file__).parent / "options.py").read_text()
     for name in re.findall(r'"(llmtap_\w+)"', source):
         assert name in README, f"option {name} is not in the README"
+
+
+def test_shipped_rules_and_the_readme_example_are_valid() -> None:
+    import yaml
+
+    from llmtap import rules
+
+    root = Path(__file__).resolve().parents[1]
+    rules.load(root / "rules.yaml")
+    example = re.findall(r"```yaml\n(.*?)```", README, re.S)[0]
+    parsed = rules.parse(yaml.safe_load(example), "README example")
+    assert parsed.rules and parsed.providers

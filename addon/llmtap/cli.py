@@ -7,9 +7,11 @@ import os
 import sys
 from pathlib import Path
 
-from . import __version__, output, proxyproc, query
+from . import __version__, output, proxyproc, query, rules
+from .cachestore import CacheStore
 
 DEFAULT_DB = os.environ.get("LLMTAP_DB", "llmtap.duckdb")
+DEFAULT_CACHE = os.environ.get("LLMTAP_CACHE", "llmtap-cache.sqlite")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,6 +48,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     _output_options(sql)
     sql.set_defaults(func=cmd_sql)
+
+    rules_cmd = sub.add_parser("rules", help="check a rules file")
+    rules_sub = rules_cmd.add_subparsers(required=True, metavar="ACTION")
+    check = rules_sub.add_parser("check", help="validate a rules file and print the effective rules")
+    check.add_argument("file", nargs="?", default=os.environ.get("LLMTAP_RULES", "rules.yaml"))
+    check.set_defaults(func=cmd_rules_check)
+
+    cache_cmd = sub.add_parser("cache", help="inspect or clear the response cache")
+    cache_sub = cache_cmd.add_subparsers(required=True, metavar="ACTION")
+    stats = cache_sub.add_parser("stats", help="entries, size and hits of the response cache")
+    clear = cache_sub.add_parser("clear", help="delete cached responses (all, or one seed's)")
+    clear.add_argument("--seed", help="only the entries saved under this Helicone-Cache-Seed / rule seed")
+    for p_ in (stats, clear):
+        p_.add_argument(
+            "--cache", default=DEFAULT_CACHE, help="cache file (default: %(default)s; env LLMTAP_CACHE)"
+        )
+    stats.set_defaults(func=cmd_cache_stats)
+    clear.set_defaults(func=cmd_cache_clear)
 
     demo = sub.add_parser("demo", help="send real SDK calls through the proxy to a local stand-in provider")
     demo.add_argument("--db", default="llmtap-demo.duckdb", help="database to write (default: %(default)s)")
@@ -84,6 +104,51 @@ def cmd_sql(args: argparse.Namespace) -> int:
     columns, rows = query.run(args.db, sql, dict(args.param) or None)
     _emit(args, columns, rows)
     return 0
+
+
+def cmd_rules_check(args: argparse.Namespace) -> int:
+    try:
+        loaded = rules.load(args.file)
+    except rules.RulesError as e:
+        print(f"llmtap: {e}", file=sys.stderr)
+        return 1
+    print(f"{args.file}: OK, {len(loaded.providers)} providers, {len(loaded.rules)} rules\n")
+    if loaded.providers:
+        rows = [(h, p.api, p.name, p.price_id, p.stream_usage) for h, p in loaded.providers.items()]
+        sys.stdout.write(output.render(["host", "api", "name", "price_as", "stream_usage"], rows))
+    if loaded.rules:
+        rows = [(r.name, _describe_match(r), _describe(r.cache), _describe(r.rate_limit), _describe(r.retry))
+                for r in loaded.rules]  # fmt: skip
+        sys.stdout.write(output.render(["rule", "match", "cache", "rate_limit", "retry"], rows, width=None))
+    return 0
+
+
+def _describe_match(rule: rules.Rule) -> str:
+    return ", ".join(f"{k}={v}" for k, v in rule.match) or "(everything)"
+
+
+def _describe(policy: object) -> str:
+    if policy is None:
+        return ""
+    return ", ".join(f"{f}={getattr(policy, f)!r}" for f in policy.__dataclass_fields__)  # type: ignore[attr-defined]
+
+
+def cmd_cache_stats(args: argparse.Namespace) -> int:
+    stats = _cache(args.cache).stats()
+    sys.stdout.write(output.render(list(stats), [tuple(stats.values())]))
+    return 0
+
+
+def cmd_cache_clear(args: argparse.Namespace) -> int:
+    n = _cache(args.cache).clear(args.seed)
+    print(f"deleted {n} cached responses" + (f" with seed {args.seed!r}" if args.seed else ""))
+    return 0
+
+
+def _cache(path: str) -> CacheStore:
+    if not Path(path).exists():
+        raise query.QueryError(f"no cache at {path} yet: the proxy creates it when it starts")
+    return CacheStore(path)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -15,6 +15,14 @@ PREFIX = "helicone-"
 PROPERTY_PREFIX = "helicone-property-"
 
 
+class HeaderError(ValueError):
+    """A malformed policy header; the proxy answers 400 with a JSON error naming it."""
+
+    def __init__(self, header: str, reason: str) -> None:
+        super().__init__(f"{header}: {reason}")
+        self.header, self.reason = header, reason
+
+
 @dataclass(slots=True)
 class CallMeta:
     request_id: str

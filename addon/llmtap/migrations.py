@@ -108,3 +108,10 @@ def m001_requests(conn: duckdb.DuckDBPyConnection) -> None:
         )
         """
     )
+
+
+@migration
+def m002_cache_columns(conn: duckdb.DuckDBPyConnection) -> None:
+    conn.execute("ALTER TABLE requests ADD COLUMN cache_status VARCHAR")  # 'HIT' | 'MISS' | NULL (not read)
+    conn.execute("ALTER TABLE requests ADD COLUMN cache_reference_id VARCHAR")  # the original call of a hit
+    conn.execute("ALTER TABLE requests ADD COLUMN cost_saved_usd DECIMAL(18, 9)")  # a hit's original cost

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-STORE_OPTIONS = ("llmtap_db", "llmtap_queue_size", "llmtap_flush_ms")
+STORE_OPTIONS = ("llmtap_db", "llmtap_queue_size", "llmtap_flush_ms", "llmtap_cache", "llmtap_cache_max_mb")
 
 
 def _default_rules() -> str:
@@ -58,6 +58,18 @@ def register(loader: Any) -> None:
         Add stream_options.include_usage to OpenAI-style streams that lack it, so tokens are
         exact, and hide the extra usage chunk from the client.
         """,
+    )
+    loader.add_option(
+        "llmtap_cache",
+        str,
+        os.environ.get("LLMTAP_CACHE", "llmtap-cache.sqlite"),
+        "SQLite file of the response cache (env LLMTAP_CACHE). Kept across restarts.",
+    )
+    loader.add_option(
+        "llmtap_cache_max_mb",
+        int,
+        1024,
+        "Size bound of the response cache; past it the least recently used entries are evicted.",
     )
     loader.add_option(
         "llmtap_queue_size",

@@ -13,7 +13,10 @@ from typing import Any
 FORMATS = ("table", "csv", "json")
 
 
-def render(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str = "table") -> str:
+def render(
+    columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str = "table", width: int | None = 60
+) -> str:
+    """`width` caps table cells (None: never cut)."""
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
@@ -24,7 +27,7 @@ def render(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str = "ta
         return (
             json.dumps([dict(zip(columns, row, strict=True)) for row in rows], default=_json, indent=2) + "\n"
         )
-    return _table(columns, rows)
+    return _table(columns, rows, width)
 
 
 def _plain(value: Any) -> Any:
@@ -43,7 +46,7 @@ def _json(value: Any) -> Any:
     return str(value)
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, width: int | None = 60) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
@@ -53,11 +56,11 @@ def _cell(value: Any) -> str:
     if isinstance(value, datetime):
         return value.strftime("%Y-%m-%d %H:%M:%S")
     text = str(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return text if width is None or len(text) <= width else text[: width - 3] + "..."
 
 
-def _table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cells = [[_cell(v) for v in row] for row in rows]
+def _table(columns: Sequence[str], rows: Sequence[Sequence[Any]], width: int | None = 60) -> str:
+    cells = [[_cell(v, width) for v in row] for row in rows]
     widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
     numeric = [all(_is_number(row[i]) for row in rows if row[i] is not None) for i in range(len(columns))]
 

@@ -11,86 +11,61 @@ import json
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from mitmproxy.net import encoding as net_encoding
 
 from . import pricing, usage
+from .cache import Lookup
+from .cachestore import Entry
 from .headers import CallMeta
 from .providers import path_model
 
 logger = logging.getLogger(__name__)
 
-COLUMNS: tuple[str, ...] = (
-    "request_id",
-    "created_at",
-    "source",
-    "provider",
-    "api",
-    "endpoint",
-    "host",
-    "method",
-    "path",
-    "model",
-    "requested_model",
-    "status",
-    "streamed",
-    "latency_ms",
-    "ttft_ms",
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-    "usage_source",
-    "cost_usd",
-    "cost_note",
-    "prices_version",
-    "user_id",
-    "session_id",
-    "session_path",
-    "session_name",
-    "properties",
-    "request_headers",
-    "request_body",
-    "response_body",
-    "error",
+# The `requests` columns the writer fills, with the types its batch insert casts to.
+# (migrations.py owns the table itself; a unit test checks the two agree.)
+ROW_SCHEMA: tuple[tuple[str, str], ...] = (
+    ("request_id", "VARCHAR"),
+    ("created_at", "TIMESTAMPTZ"),
+    ("source", "VARCHAR"),
+    ("provider", "VARCHAR"),
+    ("api", "VARCHAR"),
+    ("endpoint", "VARCHAR"),
+    ("host", "VARCHAR"),
+    ("method", "VARCHAR"),
+    ("path", "VARCHAR"),
+    ("model", "VARCHAR"),
+    ("requested_model", "VARCHAR"),
+    ("status", "INTEGER"),
+    ("streamed", "BOOLEAN"),
+    ("latency_ms", "DOUBLE"),
+    ("ttft_ms", "DOUBLE"),
+    ("input_tokens", "BIGINT"),
+    ("output_tokens", "BIGINT"),
+    ("cache_read_tokens", "BIGINT"),
+    ("cache_write_tokens", "BIGINT"),
+    ("reasoning_tokens", "BIGINT"),
+    ("usage_source", "VARCHAR"),
+    ("cost_usd", "DECIMAL(18,9)"),
+    ("cost_note", "VARCHAR"),
+    ("prices_version", "VARCHAR"),
+    ("user_id", "VARCHAR"),
+    ("session_id", "VARCHAR"),
+    ("session_path", "VARCHAR"),
+    ("session_name", "VARCHAR"),
+    ("properties", "JSON"),
+    ("request_headers", "JSON"),
+    ("request_body", "VARCHAR"),
+    ("response_body", "VARCHAR"),
+    ("error", "VARCHAR"),
+    ("cache_status", "VARCHAR"),
+    ("cache_reference_id", "VARCHAR"),
+    ("cost_saved_usd", "DECIMAL(18,9)"),
 )
-TYPES: tuple[str, ...] = (
-    "VARCHAR",
-    "TIMESTAMPTZ",
-    "VARCHAR",
-    "VARCHAR",
-    "VARCHAR",
-    "VARCHAR",
-    "VARCHAR",
-    "VARCHAR",
-    "VARCHAR",
-    "VARCHAR",
-    "VARCHAR",
-    "INTEGER",
-    "BOOLEAN",
-    "DOUBLE",
-    "DOUBLE",
-    "BIGINT",
-    "BIGINT",
-    "BIGINT",
-    "BIGINT",
-    "BIGINT",
-    "VARCHAR",
-    "DECIMAL(18,9)",
-    "VARCHAR",
-    "VARCHAR",
-    "VARCHAR",
-    "VARCHAR",
-    "VARCHAR",
-    "VARCHAR",
-    "JSON",
-    "JSON",
-    "VARCHAR",
-    "VARCHAR",
-    "VARCHAR",
-)
+COLUMNS: tuple[str, ...] = tuple(name for name, _ in ROW_SCHEMA)
+TYPES: tuple[str, ...] = tuple(kind for _, kind in ROW_SCHEMA)
 
 
 @dataclass(slots=True)
@@ -117,16 +92,55 @@ class Capture:
     ttft_ms: float | None = None
     error: str | None = None
     extra_notes: list[str] = field(default_factory=list)
+    content_type: str | None = None
+    cache_status: str | None = None  # 'HIT' | 'MISS' when the request asked to read the cache
+    hit: Entry | None = None  # the entry a hit was answered from
+    hit_key: str | None = None
+    cache_save: Lookup | None = None  # where to save a 2xx response
+    strip_usage: bool = False  # the client saw the stream without the injected usage chunk
 
 
 def to_row(c: Capture) -> tuple[Any, ...]:
     """The `requests` row for a capture, in COLUMNS order. Never raises for bad bodies."""
-    at = datetime.fromtimestamp(c.started, UTC)
-    response = _decode(c.response_body, c.content_encoding)
+    response = decoded_response(c)
     request = _loads(c.request_body)
     requested_model = request.get("model") if isinstance(request, dict) else None
     if not isinstance(requested_model, str):
         requested_model = None
+    common = dict(
+        request_id=c.meta.request_id,
+        created_at=datetime.fromtimestamp(c.started, UTC),
+        source="proxy",
+        provider=c.provider,
+        api=c.api,
+        endpoint=c.endpoint,
+        host=c.host,
+        method=c.method,
+        path=c.path,
+        requested_model=requested_model,
+        status=c.status,
+        streamed=c.streamed,
+        latency_ms=c.latency_ms,
+        ttft_ms=c.ttft_ms,
+        prices_version=pricing.VERSION,
+        user_id=c.meta.user_id or (_str(request.get("user")) if isinstance(request, dict) else None),
+        session_id=c.meta.session_id,
+        session_path=c.meta.session_path,
+        session_name=c.meta.session_name,
+        properties=json.dumps(c.meta.properties),
+        request_headers=json.dumps(c.request_headers),
+        request_body=None if c.meta.omit_request else _text(c.request_body[: c.store_limit]),
+        response_body=None if c.meta.omit_response else _text(response[: c.store_limit]),
+        error=c.error,
+        cache_status=c.cache_status,
+    )
+    if c.hit is not None:
+        return as_row(**common, **_hit(c.hit, requested_model))
+    return as_row(**common, **_accounted(c, response, requested_model, common["created_at"]))
+
+
+def _accounted(c: Capture, response: bytes, requested_model: str | None, at: datetime) -> dict[str, Any]:
+    """Tokens and cost of a call that reached the provider."""
     ok = c.status is not None and 200 <= c.status < 300
     tokens = usage.account(c.api, c.endpoint, c.streamed, ok, c.request_body, response)
     model = tokens.model or requested_model or path_model(c.api, c.path)
@@ -139,22 +153,8 @@ def to_row(c: Capture) -> tuple[Any, ...]:
     u = tokens.usage
     # An estimate knows only input and output; the cache and reasoning parts stay unknown.
     known = tokens.source != "estimated"
-    return as_row(
-        request_id=c.meta.request_id,
-        created_at=at,
-        source="proxy",
-        provider=c.provider,
-        api=c.api,
-        endpoint=c.endpoint,
-        host=c.host,
-        method=c.method,
-        path=c.path,
+    return dict(
         model=model,
-        requested_model=requested_model,
-        status=c.status,
-        streamed=c.streamed,
-        latency_ms=c.latency_ms,
-        ttft_ms=c.ttft_ms,
         input_tokens=_int(u, "input_tokens"),
         output_tokens=_int(u, "output_tokens"),
         cache_read_tokens=_int(u, "cache_read_tokens") if known else None,
@@ -163,17 +163,28 @@ def to_row(c: Capture) -> tuple[Any, ...]:
         usage_source=tokens.source,
         cost_usd=cost.usd,
         cost_note="; ".join(notes) or None,
-        prices_version=pricing.VERSION,
-        user_id=c.meta.user_id or (_str(request.get("user")) if isinstance(request, dict) else None),
-        session_id=c.meta.session_id,
-        session_path=c.meta.session_path,
-        session_name=c.meta.session_name,
-        properties=json.dumps(c.meta.properties),
-        request_headers=json.dumps(c.request_headers),
-        request_body=None if c.meta.omit_request else _text(c.request_body[: c.store_limit]),
-        response_body=None if c.meta.omit_response else _text(response[: c.store_limit]),
-        error=c.error,
     )
+
+
+def _hit(entry: Entry, requested_model: str | None) -> dict[str, Any]:
+    """A cache hit: the original's tokens, nothing spent, the original's cost saved."""
+    return dict(
+        model=entry.model or requested_model,
+        input_tokens=entry.input_tokens,
+        output_tokens=entry.output_tokens,
+        cache_read_tokens=entry.cache_read_tokens,
+        cache_write_tokens=entry.cache_write_tokens,
+        reasoning_tokens=entry.reasoning_tokens,
+        usage_source=entry.usage_source,
+        cost_usd=Decimal(0),
+        cost_saved_usd=entry.cost_usd,
+        cost_note=f"cache hit of {entry.request_id}",
+        cache_reference_id=entry.request_id,
+    )
+
+
+def decoded_response(c: Capture) -> bytes:
+    return _decode(c.response_body, c.content_encoding)
 
 
 def as_row(**values: Any) -> tuple[Any, ...]:

@@ -1,18 +1,35 @@
-"""rules.yaml: extra provider hosts (and, later, cache / rate-limit / retry policies).
+"""rules.yaml: extra provider hosts, and policies (cache, rate limit, retry) chosen by matching.
 
 Parsing is pure and strict: an unknown key or a bad value raises `RulesError` naming the file,
-the field path and the value, e.g. `rules.yaml: providers[0].api: expected one of openai,
-anthropic, gemini, got 'grpc'`. The addon turns that into a refusal to start.
+the field path and the value, e.g. `rules.yaml: rules[2].cache.ttl: expected a duration like '1h',
+got 'soon'`. At startup the addon turns that into a refusal to start; on hot reload it keeps the
+previous rules and logs why.
+
+Matching: every key of a rule's `match` must match the request (an empty match matches all).
+`provider`, `host`, `path`, `method`, `model`, `user` and `property.<name>` take shell-style globs
+(`gpt-4o-mini*`). For cache and retry the first matching rule that sets them applies (request
+headers override it); every matching rate limit applies.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from .policies import (
+    CachePolicy,
+    PolicyError,
+    RateLimitPolicy,
+    RetryPolicy,
+    cache_policy,
+    rate_limit_policy,
+    retry_policy,
+)
 from .providers import APIS, Provider
 
 _PROVIDER_KEYS = {"host", "api", "name", "price_as", "stream_usage"}
@@ -24,10 +41,69 @@ class RulesError(ValueError):
         self.path, self.field, self.reason = path, field, reason
 
 
+_MATCH_KEYS = ("provider", "host", "path", "method", "model", "user")
+_RULE_KEYS = {"name", "match", "cache", "rate_limit", "retry"}
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What rules can match on, read from one request."""
+
+    provider: str
+    host: str
+    path: str
+    method: str
+    model: str | None = None
+    user: str | None = None
+    properties: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    name: str
+    match: tuple[tuple[str, str], ...] = ()  # (key, glob); key is a _MATCH_KEYS name or property.<name>
+    cache: CachePolicy | None = None
+    rate_limit: RateLimitPolicy | None = None
+    retry: RetryPolicy | None = None
+
+    def matches(self, req: Request) -> bool:
+        for key, pattern in self.match:
+            if key.startswith("property."):
+                value = req.properties.get(key[len("property.") :])
+            else:
+                value = getattr(req, key)
+                if key in ("provider", "host", "method") and value is not None:
+                    value, pattern = value.lower(), pattern.lower()
+            if value is None or not fnmatchcase(value, pattern):
+                return False
+        return True
+
+
 @dataclass(frozen=True, slots=True)
 class Rules:
     providers: dict[str, Provider] = field(default_factory=dict)
+    rules: tuple[Rule, ...] = ()
     source: str | None = None
+
+    def cache_for(self, req: Request) -> tuple[Rule, CachePolicy] | None:
+        for rule in self.rules:
+            if rule.cache is not None and rule.matches(req):
+                return rule, rule.cache
+        return None
+
+    def retry_for(self, req: Request) -> tuple[Rule, RetryPolicy] | None:
+        for rule in self.rules:
+            if rule.retry is not None and rule.matches(req):
+                return rule, rule.retry
+        return None
+
+    def rate_limits_for(self, req: Request) -> list[tuple[Rule, RateLimitPolicy]]:
+        return [(r, r.rate_limit) for r in self.rules if r.rate_limit is not None and r.matches(req)]
+
+    @property
+    def needs_body(self) -> bool:
+        """Whether matching reads the request body (model, or user from the body)."""
+        return any(key in ("model", "user") for rule in self.rules for key, _ in rule.match)
 
 
 def load(path: str | Path) -> Rules:
@@ -48,9 +124,9 @@ def parse(data: Any, name: str = "rules.yaml") -> Rules:
         return Rules(source=name)
     if not isinstance(data, dict):
         raise RulesError(name, "", f"expected a mapping at the top level, got {type(data).__name__}")
-    unknown = set(data) - {"providers"}
+    unknown = set(data) - {"providers", "rules"}
     if unknown:
-        raise RulesError(name, sorted(unknown)[0], "unknown key (expected providers)")
+        raise RulesError(name, sorted(unknown)[0], "unknown key (expected providers, rules)")
     providers = data.get("providers") or []
     if not isinstance(providers, list):
         raise RulesError(name, "providers", f"expected a list, got {providers!r}")
@@ -58,7 +134,59 @@ def parse(data: Any, name: str = "rules.yaml") -> Rules:
     for i, entry in enumerate(providers):
         host, provider = _provider(entry, name, f"providers[{i}]")
         table[host] = provider
-    return Rules(providers=table, source=name)
+    entries = data.get("rules") or []
+    if not isinstance(entries, list):
+        raise RulesError(name, "rules", f"expected a list, got {entries!r}")
+    parsed: list[Rule] = []
+    for i, entry in enumerate(entries):
+        try:
+            rule = _rule(entry, f"rules[{i}]")
+        except PolicyError as e:
+            raise RulesError(name, e.field, e.reason) from e
+        if any(r.name == rule.name for r in parsed):
+            raise RulesError(name, f"rules[{i}].name", f"duplicate rule name {rule.name!r}")
+        parsed.append(rule)
+    return Rules(providers=table, rules=tuple(parsed), source=name)
+
+
+def _rule(entry: Any, where: str) -> Rule:
+    if not isinstance(entry, dict):
+        raise PolicyError(where, f"expected a mapping with name, match and a policy, got {entry!r}")
+    unknown = set(entry) - _RULE_KEYS
+    if unknown:
+        expected = ", ".join(sorted(_RULE_KEYS))
+        raise PolicyError(f"{where}.{sorted(unknown)[0]}", f"unknown key (expected {expected})")
+    name = entry.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise PolicyError(f"{where}.name", f"expected a name for the rule, got {name!r}")
+    if not any(k in entry for k in ("cache", "rate_limit", "retry")):
+        raise PolicyError(where, "sets no policy: add cache, rate_limit or retry")
+    return Rule(
+        name=name.strip(),
+        match=_match(entry.get("match") or {}, f"{where}.match"),
+        cache=cache_policy(entry["cache"], f"{where}.cache") if "cache" in entry else None,
+        rate_limit=rate_limit_policy(entry["rate_limit"], f"{where}.rate_limit")
+        if "rate_limit" in entry
+        else None,
+        retry=retry_policy(entry["retry"], f"{where}.retry") if "retry" in entry else None,
+    )
+
+
+def _match(data: Any, where: str) -> tuple[tuple[str, str], ...]:
+    if not isinstance(data, dict):
+        raise PolicyError(where, f"expected a mapping like {{provider: openai}}, got {data!r}")
+    out = []
+    for key, pattern in data.items():
+        if key not in _MATCH_KEYS and not (
+            isinstance(key, str) and key.startswith("property.") and len(key) > 9
+        ):
+            raise PolicyError(
+                f"{where}.{key}", f"unknown key (expected {', '.join(_MATCH_KEYS)} or property.<name>)"
+            )
+        if not isinstance(pattern, str | int) or isinstance(pattern, bool):
+            raise PolicyError(f"{where}.{key}", f"expected a string or glob, got {pattern!r}")
+        out.append((key.lower() if key.startswith("property.") else key, str(pattern)))
+    return tuple(out)
 
 
 def _provider(entry: Any, name: str, where: str) -> tuple[str, Provider]:

@@ -29,8 +29,10 @@ from typing import Any
 
 import duckdb
 
+from .cachestore import CacheStore, Entry
 from .migrations import migrate
-from .record import COLUMNS, TYPES, Capture, as_row, to_row
+from .record import COLUMNS, TYPES, Capture, as_row, decoded_response, to_row
+from .tee import client_view_of
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +54,15 @@ class Stats:
 
 class Store:
     def __init__(
-        self, path: str, queue_size: int = 10_000, flush_interval: float = 1.0, batch_size: int = 2_000
+        self,
+        path: str,
+        queue_size: int = 10_000,
+        flush_interval: float = 1.0,
+        batch_size: int = 2_000,
+        cache: CacheStore | None = None,
     ) -> None:
         self.path = path
+        self.cache = cache
         self.flush_interval = flush_interval
         self.batch_size = batch_size
         self.max_pending = queue_size
@@ -145,9 +153,48 @@ class Store:
             logger.exception(f"llmtap: could not account for request {capture.meta.request_id}")
             row = _bare_row(capture, f"llmtap accounting failed: {e!r}")
         self._pending.append(row)
+        if self.cache is not None and (capture.hit_key or capture.cache_save):
+            try:
+                self._update_cache(capture, row)
+            except Exception:
+                logger.exception(f"llmtap: could not update the cache for {capture.meta.request_id}")
         while len(self._pending) > self.max_pending:
             self._pending.popleft()
             self.stats.dropped += 1
+
+    def _update_cache(self, c: Capture, row: tuple[Any, ...]) -> None:
+        """Count a hit, or save a complete 2xx response the client asked to cache."""
+        assert self.cache is not None
+        if c.hit_key:
+            self.cache.touch(c.hit_key)
+            return
+        save = c.cache_save
+        ok = c.status is not None and 200 <= c.status < 300
+        if save is None or not ok or c.truncated or c.error or save.policy.ttl <= 0:
+            return
+        body = decoded_response(c)
+        if c.streamed and c.strip_usage:
+            body = client_view_of(body)
+        v = dict(zip(COLUMNS, row, strict=True))
+        entry = Entry(
+            request_id=v["request_id"],
+            status=c.status or 200,
+            content_type=c.content_type or "application/json",
+            streamed=c.streamed,
+            body=body,
+            seed=save.policy.seed,
+            provider=v["provider"],
+            model=v["model"],
+            input_tokens=v["input_tokens"],
+            output_tokens=v["output_tokens"],
+            cache_read_tokens=v["cache_read_tokens"],
+            cache_write_tokens=v["cache_write_tokens"],
+            reasoning_tokens=v["reasoning_tokens"],
+            usage_source=v["usage_source"],
+            cost_usd=v["cost_usd"],
+            latency_ms=v["latency_ms"],
+        )
+        self.cache.put(save.keys(), entry, save.policy.ttl)
 
     def flush(self) -> bool:
         """Write every pending row in one transaction; on failure keep them for the next try."""

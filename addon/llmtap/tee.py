@@ -135,3 +135,9 @@ def _client_view(raw: bytes) -> bytes:
     if b'"usage"' in raw:
         return _USAGE_NULL.sub(b"", raw)
     return raw
+
+
+def client_view_of(body: bytes) -> bytes:
+    """A whole upstream stream as the client received it (for the cache to replay)."""
+    splitter = EventSplitter()
+    return b"".join(_client_view(raw) for raw in splitter.feed(body)) + splitter.flush()

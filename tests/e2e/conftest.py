@@ -19,8 +19,8 @@ from tests.fakeprovider import FakeProvider
 
 
 class Proxy:
-    def __init__(self, proc: proxyproc.ProxyProcess, db: Path, confdir: Path) -> None:
-        self.proc, self.db, self.confdir = proc, db, confdir
+    def __init__(self, proc: proxyproc.ProxyProcess, db: Path, confdir: Path, cache: Path) -> None:
+        self.proc, self.db, self.confdir, self.cache = proc, db, confdir, cache
 
     @property
     def url(self) -> str:
@@ -60,14 +60,16 @@ def fake() -> Iterator[FakeProvider]:
 def start_proxy(tmp_path: Path) -> Iterator[Callable[..., Proxy]]:
     started: list[Proxy] = []
 
-    def start(*args: str, db: Path | None = None, flush_ms: int = 200) -> Proxy:
+    def start(*args: str, db: Path | None = None, cache: Path | None = None, flush_ms: int = 200) -> Proxy:
         n = len(started)
         work = tmp_path / f"proxy{n}"
         db = db or tmp_path / f"llmtap{n}.duckdb"
+        cache = cache or tmp_path / f"cache{n}.sqlite"
+        settings = {"llmtap_db": db, "llmtap_cache": cache, "llmtap_flush_ms": flush_ms}
         proc = proxyproc.start(
-            ["--set", f"llmtap_db={db}", "--set", f"llmtap_flush_ms={flush_ms}", *args], work
+            [*(a for k, v in settings.items() for a in ("--set", f"{k}={v}")), *args], work
         )
-        proxy = Proxy(proc, db, work / "conf")
+        proxy = Proxy(proc, db, work / "conf", cache)
         started.append(proxy)
         return proxy
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import duckdb
 from openai import OpenAI
 
+from llmtap.migrations import MIGRATIONS
 from tests.e2e.conftest import Proxy, free_port
 from tests.fakeprovider import FakeProvider
 
@@ -235,7 +236,8 @@ def test_db_file_is_a_valid_duckdb_after_shutdown(gateway: Proxy) -> None:
     chat(gateway)
     gateway.stop()
     with duckdb.connect(str(gateway.db), read_only=True) as conn:
-        assert conn.execute("SELECT name FROM _llmtap_migrations").fetchall() == [("m001_requests",)]
+        names = conn.execute("SELECT name FROM _llmtap_migrations ORDER BY name").fetchall()
+    assert names == [(fn.__name__,) for fn in MIGRATIONS]
 
 
 def test_llmtap_proxy_command_runs_mitmdump_with_the_addon(fake: FakeProvider, tmp_path: Path) -> None:

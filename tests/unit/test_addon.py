@@ -249,8 +249,9 @@ def test_access_key(tap: Tap, auth: str | None, status: int | None) -> None:
     assert json.loads(f.response.content or b"") == {
         "error": {
             "message": "llmtap: missing or wrong Helicone-Auth proxy access key",
-            "type": "unauthorized",
-            "code": "unauthorized",
+            "type": "authentication_error",
+            "param": None,
+            "code": "authentication_error",
         }
     }
     a.responseheaders(f)

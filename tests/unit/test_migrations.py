@@ -8,7 +8,7 @@ import pytest
 
 from llmtap import migrations
 from llmtap.migrations import MIGRATIONS, applied, migrate, migration, pending
-from llmtap.record import COLUMNS
+from llmtap.record import COLUMNS, TYPES
 
 EXPECTED = {
     "request_id": "VARCHAR",
@@ -44,6 +44,10 @@ EXPECTED = {
     "request_body": "VARCHAR",
     "response_body": "VARCHAR",
     "error": "VARCHAR",
+    # m002
+    "cache_status": "VARCHAR",
+    "cache_reference_id": "VARCHAR",
+    "cost_saved_usd": "DECIMAL(18,9)",
 }
 
 
@@ -75,6 +79,18 @@ def test_migrate_blank(db: duckdb.DuckDBPyConnection) -> None:
 
 def test_schema_matches_the_row_shape() -> None:
     assert tuple(EXPECTED) == COLUMNS
+    spelled = tuple(t.replace("TIMESTAMPTZ", "TIMESTAMP WITH TIME ZONE") for t in TYPES)
+    assert tuple(EXPECTED.values()) == spelled
+
+
+def test_upgrade_from_m001_keeps_rows(db: duckdb.DuckDBPyConnection) -> None:
+    migrations.m001_requests(db)
+    db.execute("CREATE TABLE _llmtap_migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)")
+    db.execute("INSERT INTO _llmtap_migrations VALUES ('m001_requests', now())")
+    db.execute("INSERT INTO requests (request_id, created_at) VALUES ('old', now())")
+    assert migrate(db) == [fn.__name__ for fn in MIGRATIONS[1:]]
+    assert columns(db, "requests") == EXPECTED
+    assert db.execute("SELECT request_id, cache_status FROM requests").fetchall() == [("old", None)]
 
 
 def test_migrate_is_idempotent(db: duckdb.DuckDBPyConnection) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from llmtap.migrations import applied, migrate
+from llmtap.migrations import MIGRATIONS, applied, migrate
 from llmtap.query import QueryError, connect, run
 
 # Holds the file read-write (DuckDB's process lock): for `seconds`, or until stdin closes.
@@ -108,7 +108,7 @@ def test_an_older_file_is_migrated_once(tmp_path: Path) -> None:
     duckdb.connect(str(path)).close()  # a file from before any migration
     assert run(path, "SELECT count(*) FROM requests") == (["count_star()"], [(0,)])
     with duckdb.connect(str(path), read_only=True) as conn:
-        assert applied(conn) == ["m001_requests"]
+        assert applied(conn) == [fn.__name__ for fn in MIGRATIONS]
 
 
 def test_run_waits_while_another_process_holds_the_file_briefly(db_path: Path) -> None:

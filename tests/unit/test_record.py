@@ -55,6 +55,7 @@ def test_openai_chat_row() -> None:
         "request_body": samples.dumps(samples.CHAT_REQUEST).decode(),
         "response_body": RESPONSE.decode(),
         "error": None,
+        "cache_status": None, "cache_reference_id": None, "cost_saved_usd": None,
     }  # fmt: skip
 
 

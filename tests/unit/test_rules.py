@@ -67,7 +67,7 @@ KEYS = "api, host, name, price_as, stream_usage"
         # top level
         ([1, 2], "", "expected a mapping at the top level, got list"),
         ("providers", "", "expected a mapping at the top level, got str"),
-        ({"provider": []}, "provider", "unknown key (expected providers)"),
+        ({"provider": []}, "provider", "unknown key (expected providers, rules)"),
         # providers[i] is a mapping with known keys
         ({"providers": ["localhost:8000"]}, "providers[0]",
          "expected a mapping like {host: ..., api: openai}, got 'localhost:8000'"),
