@@ -14,9 +14,10 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.proxy.mode_specs import ReverseMode
@@ -27,8 +28,8 @@ from .cachestore import CacheStore
 from .headers import HeaderError
 from .record import Capture
 from .redact import redact_headers, redact_path
-from .store import Store
 from .tee import StreamTee
+from .writerproc import HANDOFF_SECONDS, WriterProcess
 
 logger = logging.getLogger(__name__)
 
@@ -46,11 +47,12 @@ class LLMTap:
     def __init__(self) -> None:
         self.rules = rules.Rules()
         self.rules_stamp: reload.Stamp = None
-        self.store: Store | None = None
+        self.store: WriterProcess | None = None
         self.cache: CacheStore | None = None
         self.calls: dict[str, Call] = {}
         self.hook_errors = 0
         self._watcher: asyncio.Task | None = None
+        self._handoff: asyncio.Task | None = None
 
     # -- lifecycle (sync on purpose: async done/running break -s hot reload) --
 
@@ -78,12 +80,15 @@ class LLMTap:
         if self.store is None:
             self._start_store()
         self._start_watcher()
+        if self._handoff is None:
+            self._handoff = _background(self._handoff_loop, "llmtap handoff")
         logger.info(f"llmtap: logging LLM calls to {ctx.options.llmtap_db}")
 
     def done(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            self._watcher = None
+        for task in (self._watcher, self._handoff):
+            if task is not None:
+                task.cancel()
+        self._watcher = self._handoff = None
         self._stop_store()
 
     def _start_store(self) -> None:
@@ -93,7 +98,13 @@ class LLMTap:
         except Exception as e:  # a warning: an ERROR during startup would make mitmdump exit
             logger.warning(f"llmtap: response cache unavailable ({o.llmtap_cache}: {e}); caching is off")
             self.cache = None
-        self.store = Store(o.llmtap_db, o.llmtap_queue_size, o.llmtap_flush_ms / 1000, cache=self.cache)
+        self.store = WriterProcess(
+            o.llmtap_db,
+            o.llmtap_queue_size,
+            o.llmtap_flush_ms / 1000,
+            cache_path=o.llmtap_cache if self.cache is not None else None,
+            cache_max_bytes=o.llmtap_cache_max_mb * 1024 * 1024,
+        )
         self.store.start()
 
     def _stop_store(self) -> None:
@@ -115,11 +126,17 @@ class LLMTap:
             self._watcher = None
         path = ctx.options.llmtap_rules
         if path:
-            self._watcher = asyncio_utils.create_task(
-                reload.watch(path, self.rules_stamp, self._swap_rules),
-                name="llmtap rules watcher",
-                keep_ref=True,
+            stamp = self.rules_stamp
+            self._watcher = _background(
+                lambda: reload.watch(path, stamp, self._swap_rules), "llmtap rules watcher"
             )
+
+    async def _handoff_loop(self) -> None:
+        """Captures of a quiet moment still reach the writer promptly."""
+        while True:
+            await asyncio.sleep(HANDOFF_SECONDS)
+            if self.store is not None:
+                self.store.handoff()
 
     def _swap_rules(self, new: rules.Rules) -> None:
         self.rules = new
@@ -303,6 +320,15 @@ class LLMTap:
             self.calls.pop(flow.id, None)
             where = f"{flow.request.host}{redact_path(flow.request.path)}"
             logger.exception(f"llmtap: {hook} hook failed for {where}; passing the request through")
+
+
+def _background(make: Callable[[], Coroutine[Any, Any, None]], name: str) -> asyncio.Task | None:
+    """A named task on mitmproxy's loop; None where no loop runs (unit tests drive hooks directly)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+    return asyncio_utils.create_task(make(), name=name, keep_ref=True)
 
 
 def _is_stream(resp: http.Response, kind: str | None) -> bool:

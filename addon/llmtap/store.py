@@ -23,6 +23,7 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -60,14 +61,21 @@ class Store:
         flush_interval: float = 1.0,
         batch_size: int = 2_000,
         cache: CacheStore | None = None,
+        source: Any = None,
+        on_flush: Callable[[Stats], None] | None = None,
+        keep_going: Callable[[], bool] = lambda: True,
     ) -> None:
+        """`source` replaces the internal queue (the writer process passes its inter-process queue);
+        `on_flush` sees the stats after every write; `keep_going` False ends the loop as a stop would."""
         self.path = path
         self.cache = cache
+        self.on_flush = on_flush
+        self.keep_going = keep_going
         self.flush_interval = flush_interval
         self.batch_size = batch_size
         self.max_pending = queue_size
         self.stats = Stats()
-        self._queue: queue.Queue[Capture | None] = queue.Queue(maxsize=queue_size)
+        self._queue: Any = source if source is not None else queue.Queue(maxsize=queue_size)
         self._pending: deque[tuple[Any, ...]] = deque()
         self._thread: threading.Thread | None = None
         self._migrated = False
@@ -76,7 +84,7 @@ class Store:
         self._started = time.monotonic()
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="llmtap-writer", daemon=True)
+        self._thread = threading.Thread(target=self.run, name="llmtap-writer", daemon=True)
         self._thread.start()
 
     def submit(self, capture: Capture) -> bool:
@@ -101,13 +109,15 @@ class Store:
         self._thread.join(timeout)
         self._thread = None
 
-    def _run(self) -> None:
+    def run(self) -> None:
+        """The writer loop, until a stop (None) arrives; normally on its own thread (`start`)."""
         self.flush()  # creates the file and its schema, so readers find a table from the start
         last_flush = time.monotonic()
         stopping = False
         while not stopping:
             timeout = max(0.0, self.flush_interval - (time.monotonic() - last_flush))
             batch, stopping = self._take(timeout)
+            stopping = stopping or not self.keep_going()
             for capture in batch:
                 self._convert(capture)
             due = time.monotonic() - last_flush >= self.flush_interval
@@ -137,7 +147,10 @@ class Store:
         while True:
             if item is None:
                 return items, True
-            items.append(item)
+            if isinstance(item, list):  # the writer process receives batches
+                items.extend(item)
+            else:
+                items.append(item)
             if len(items) >= self.batch_size:
                 return items, False
             try:
@@ -213,6 +226,8 @@ class Store:
         except Exception as e:
             self._locked = isinstance(e, duckdb.IOException) and "lock" in str(e).lower()
             self.stats.write_errors += 1
+            if self.on_flush is not None:
+                self.on_flush(self.stats)
             self._warn(
                 "write",
                 f"llmtap: cannot write to {self.path} ({e}); {len(rows)} rows kept in memory, "
@@ -222,6 +237,8 @@ class Store:
         for _ in rows:
             self._pending.popleft()
         self.stats.written += len(rows)
+        if self.on_flush is not None:
+            self.on_flush(self.stats)
         return True
 
     def _warn(self, key: str, message: str) -> None:

@@ -1,0 +1,144 @@
+"""The writer runs in a child process, so the proxy's event loop keeps its core and its GIL.
+
+Measured (scripts/bench_overhead.py): with the writer as a thread in mitmdump, parsing, pricing
+and DuckDB inserts competed with the event loop for the GIL and cost ~30 % of mitmdump's
+throughput; the hooks alone cost ~9 %. So `submit` only appends the `Capture` to a list; every
+`HANDOFF_SECONDS` (or once `HANDOFF_BATCH` are waiting) the list goes, as one item, into a bounded
+inter-process queue (`put_nowait`: a full queue drops and counts, it never waits), which wakes
+the queue's feeder thread once per batch instead of once per call. A `llmtap-writer` process
+runs store.Store's loop on the other side.
+
+The child is started with the `spawn` method (mitmdump has threads; forking it is unsafe). It stops
+on the sentinel that `close()` sends, after a last flush; if mitmdump dies without one (kill -9),
+the child notices its parent is gone within a flush interval, writes what it holds and exits.
+Counters live in shared memory, so `stats` reads them without a round trip.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import queue
+import sys
+import time
+from typing import Any
+
+from .record import Capture
+from .store import Stats
+
+logger = logging.getLogger(__name__)
+
+_FIELDS = ("written", "write_errors", "row_errors", "dropped")
+HANDOFF_SECONDS = 0.05
+HANDOFF_BATCH = 256
+
+
+class WriterProcess:
+    def __init__(
+        self,
+        path: str,
+        queue_size: int = 10_000,
+        flush_interval: float = 1.0,
+        cache_path: str | None = None,
+        cache_max_bytes: int = 1 << 30,
+    ) -> None:
+        self.path = path
+        context = mp.get_context("spawn")
+        self._queue: Any = context.Queue(maxsize=max(4, queue_size // HANDOFF_BATCH))
+        self._batch: list[Capture] = []
+        self._batch_started = 0.0
+        self._shared: Any = context.Array("q", len(_FIELDS))
+        self._proc = context.Process(
+            target=_child,
+            args=(self._queue, self._shared, path, queue_size, flush_interval, cache_path, cache_max_bytes),
+            name="llmtap-writer",
+            daemon=True,
+        )
+        self.queued = 0
+        self.dropped = 0
+        self._warned_dead = False
+
+    def start(self) -> None:
+        self._proc.start()
+
+    def submit(self, capture: Capture) -> bool:
+        """Queue a capture for the writer; never waits. False when its batch had to be dropped."""
+        if not self._batch:
+            self._batch_started = time.monotonic()
+        self._batch.append(capture)
+        self.queued += 1
+        if len(self._batch) >= HANDOFF_BATCH or time.monotonic() - self._batch_started >= HANDOFF_SECONDS:
+            return self.handoff()
+        return True
+
+    def handoff(self) -> bool:
+        """Send what is waiting (call it periodically too, so a quiet proxy does not hold rows)."""
+        if not self._batch:
+            return True
+        batch, self._batch = self._batch, []
+        try:
+            self._queue.put_nowait(batch)
+        except queue.Full:
+            self.dropped += len(batch)
+            state = "is not running" if not self._proc.is_alive() else "is behind"
+            logger.error(f"llmtap: the writer process {state}; {self.dropped} records dropped so far")
+            return False
+        return True
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Ask the writer to flush everything and stop; wait for it."""
+        if self._proc.pid is None:
+            return
+        self.handoff()
+        try:
+            self._queue.put(None, timeout=timeout)
+        except queue.Full:
+            logger.error("llmtap: the writer did not drain its queue in time")
+        self._proc.join(timeout)
+        if self._proc.is_alive():
+            logger.error("llmtap: the writer process did not stop in time; terminating it")
+            self._proc.terminate()
+            self._proc.join(5)
+        self._queue.close()
+        self._queue.join_thread()
+
+    @property
+    def stats(self) -> Stats:
+        values = dict(zip(_FIELDS, self._shared[:], strict=True))
+        values["dropped"] += self.dropped
+        return Stats(queued=self.queued, **values)
+
+
+def _child(
+    source: Any, shared: Any, path: str, queue_size: int, flush_interval: float,
+    cache_path: str | None, cache_max_bytes: int,
+) -> None:  # fmt: skip
+    from .cachestore import CacheStore
+    from .store import Store
+
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="[%(asctime)s.%(msecs)03d] %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    parent = os.getppid()
+
+    def publish(stats: Stats) -> None:
+        shared[:] = [getattr(stats, name) for name in _FIELDS]
+
+    cache = None
+    if cache_path:
+        try:
+            cache = CacheStore(cache_path, cache_max_bytes)
+        except Exception as e:
+            logger.warning(
+                f"llmtap: writer cannot open the cache {cache_path} ({e}); responses are not saved"
+            )
+    store = Store(
+        path, queue_size, flush_interval, cache=cache, source=source, on_flush=publish,
+        keep_going=lambda: os.getppid() == parent,
+    )  # fmt: skip
+    store.run()
+    publish(store.stats)
