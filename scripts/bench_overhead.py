@@ -279,7 +279,14 @@ def start_proxy(name: str, upstream: int, tmp: Path, extra: list[str]) -> Proc:
 
 
 def tap_args(name: str, tmp: Path) -> list[str]:
-    return ["-s", str(TAP_SCRIPT), "--set", f"llmtap_db={tmp / f'{name}.duckdb'}"]
+    return [
+        "-s",
+        str(TAP_SCRIPT),
+        "--set",
+        f"llmtap_db={tmp / f'{name}.duckdb'}",
+        "--set",
+        f"llmtap_cache={tmp / f'{name}-cache.sqlite'}",
+    ]
 
 
 def retry_tap(proc: Proc, upstream: int, tmp: Path, attempts: int = 3, pause: float = 60.0) -> Proc:

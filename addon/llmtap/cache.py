@@ -44,10 +44,9 @@ class Lookup:
 
 
 def _flag(headers: Mapping[str, str], name: str) -> bool | None:
-    value = headers.get(name)
-    if value is None:
-        return None
-    return value.strip().lower() == "true"
+    """`true` or `false` (any case); other values are ignored, as Helicone turns on only on "true"."""
+    value = (headers.get(name) or "").strip().lower()
+    return {"true": True, "false": False}.get(value)
 
 
 def policy_for(headers: Mapping[str, str], rule: CachePolicy | None) -> CachePolicy | None:

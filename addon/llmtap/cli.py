@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -148,7 +149,10 @@ def cmd_cache_clear(args: argparse.Namespace) -> int:
 def _cache(path: str) -> CacheStore:
     if not Path(path).exists():
         raise query.QueryError(f"no cache at {path} yet: the proxy creates it when it starts")
-    return CacheStore(path)
+    try:
+        return CacheStore(path)
+    except sqlite3.DatabaseError as e:
+        raise query.QueryError(f"cannot open the cache {path}: {e}") from e
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

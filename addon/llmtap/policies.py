@@ -45,7 +45,7 @@ class RateLimitPolicy:
 
     def spec(self) -> str:
         """Helicone's normalised form: `100;w=60;s=user` (u=request and the global segment dropped)."""
-        parts = [f"{self.quota:g}", f"w={self.window:g}"]
+        parts = [_plain(self.quota), f"w={_plain(self.window)}"]
         if self.unit != "request":
             parts.append(f"u={self.unit}")
         if self.segment:
@@ -59,6 +59,11 @@ class RetryPolicy:
     factor: float = 2.0
     min_timeout: float = 1.0
     max_timeout: float = 10.0
+
+
+def _plain(x: float) -> str:
+    """A number as Helicone's grammar writes it: never in exponent form."""
+    return str(int(x)) if x == int(x) else repr(x)
 
 
 def duration(value: Any, field: str, example: str = "1h") -> float:
@@ -97,7 +102,8 @@ def _int_in(value: Any, field: str, low: int, high: int) -> int:
 
 
 def _number(value: Any, field: str, low: float, high: float = math.inf) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+    bad = isinstance(value, bool) or not isinstance(value, int | float)
+    if bad or not math.isfinite(value) or not low <= value <= high:
         bound = f"at least {low:g}" if high == math.inf else f"from {low:g} to {high:g}"
         raise PolicyError(field, f"expected a number {bound}, got {value!r}")
     return float(value)
@@ -107,7 +113,7 @@ def cache_policy(data: Any, where: str) -> CachePolicy:
     data = _mapping(data, where)
     _only(data, {"ttl", "bucket_max_size", "seed", "ignore_keys", "read", "save"}, where)
     ttl = duration(data.get("ttl", DEFAULT_CACHE_TTL), f"{where}.ttl")
-    if not 0 < ttl <= MAX_CACHE_TTL:
+    if not 1 <= ttl <= MAX_CACHE_TTL:
         raise PolicyError(f"{where}.ttl", f"expected a duration from 1s to 365d, got {data.get('ttl')!r}")
     bucket = _int_in(data.get("bucket_max_size", 1), f"{where}.bucket_max_size", 1, MAX_BUCKET)
     seed = data.get("seed", "")

@@ -163,7 +163,7 @@ def _rule(entry: Any, where: str) -> Rule:
         raise PolicyError(where, "sets no policy: add cache, rate_limit or retry")
     return Rule(
         name=name.strip(),
-        match=_match(entry.get("match") or {}, f"{where}.match"),
+        match=_match({} if entry.get("match") is None else entry["match"], f"{where}.match"),
         cache=cache_policy(entry["cache"], f"{where}.cache") if "cache" in entry else None,
         rate_limit=rate_limit_policy(entry["rate_limit"], f"{where}.rate_limit")
         if "rate_limit" in entry

@@ -215,7 +215,8 @@ class Store:
         if not rows and self._migrated:
             return True
         try:
-            with duckdb.connect(self.path) as conn:
+            # One DuckDB thread: a batch insert needs no more, and the proxy needs the other cores.
+            with duckdb.connect(self.path, config={"threads": 1}) as conn:
                 migrate(conn)  # every open: the file may have been replaced while we run
                 self._migrated = True
                 conn.execute("BEGIN TRANSACTION")

@@ -124,6 +124,10 @@ def _child(
         datefmt="%H:%M:%S",
     )
     parent = os.getppid()
+    try:
+        os.nice(10)  # background work: on a busy machine the proxy's event loop comes first
+    except OSError:
+        pass
 
     def publish(stats: Stats) -> None:
         shared[:] = [getattr(stats, name) for name in _FIELDS]

@@ -280,3 +280,22 @@ def test_llmtap_proxy_command_runs_mitmdump_with_the_addon(fake: FakeProvider, t
     assert "listening at 127.0.0.1" in out
     with duckdb.connect(str(db), read_only=True) as conn:
         assert conn.execute("SELECT count(*), min(provider) FROM requests").fetchone() == (1, "openai")
+
+
+def test_kill_9_of_mitmdump_loses_no_handed_over_row(gateway: Proxy) -> None:
+    for _ in range(5):
+        chat(gateway)
+    time.sleep(0.3)  # longer than the 50 ms hand-off to the writer process
+    gateway.proc.proc.kill()
+    gateway.proc.proc.wait(10)
+    deadline = time.monotonic() + 15  # the orphaned writer flushes within llmtap_flush_ms and exits
+    while True:
+        try:
+            with duckdb.connect(str(gateway.db), read_only=True) as conn:
+                n = conn.execute("SELECT count(*) FROM requests").fetchone()[0]
+            if n == 5:
+                break
+        except duckdb.IOException:
+            pass  # the writer still holds the file
+        assert time.monotonic() < deadline, "rows lost after kill -9"
+        time.sleep(0.1)

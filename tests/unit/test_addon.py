@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import duckdb
@@ -12,8 +13,10 @@ from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
 from llmtap import addon as addon_module
-from llmtap import headers, providers
+from llmtap import cache, headers, providers
 from llmtap.addon import LLMTap
+from llmtap.cachestore import CacheStore, Entry
+from llmtap.policies import CachePolicy
 from llmtap.record import Capture
 from llmtap.tee import StreamTee
 
@@ -375,3 +378,219 @@ def test_running_and_done_write_rows_with_the_real_store(tmp_path: Path) -> None
         assert conn.execute("SELECT host, model, input_tokens, usage_source FROM requests").fetchall() == [
             ("api.openai.com", "gpt-4o-2024-08-06", 1200, "response")
         ]
+
+
+# -- the response cache --
+
+CACHE_ON = (("Helicone-Cache-Enabled", "true"),)
+
+
+@pytest.fixture
+def cached(tap: Tap, tmp_path: Path) -> Iterator[Tap]:
+    a, _, _ = tap
+    a.cache = CacheStore(tmp_path / "cache.sqlite")
+    yield tap
+    a.cache.close()
+
+
+def saved_entry(
+    c: Capture, body: bytes = samples.dumps(samples.openai_chat_json()), **fields: object
+) -> Entry:
+    values: dict[str, object] = dict(
+        request_id=c.meta.request_id, status=200, content_type="application/json", streamed=False, body=body,
+        model="gpt-4o-2024-08-06", input_tokens=1200, output_tokens=300, cost_usd=Decimal("0.0047"),
+        latency_ms=812.5,
+    )  # fmt: skip
+    values.update(fields)
+    return Entry(**values)  # type: ignore[arg-type]
+
+
+def test_a_cache_miss_is_marked_and_saved_for_later(cached: Tap) -> None:
+    a, _, store = cached
+    f = request(extra=CACHE_ON)
+    send(a, f)
+    assert f.response is None, "a miss goes upstream"
+    assert "helicone-cache-enabled" not in f.request.headers
+    receive(a, f, respond())
+    assert f.response is not None and f.response.headers["helicone-cache"] == "MISS"
+    [c] = store.submitted
+    assert c.cache_status == "MISS" and c.hit is None and c.hit_key is None
+    assert c.cache_save is not None and c.cache_save.policy == CachePolicy()
+    sent = {"authorization": "Bearer sk-proj-SECRET", "helicone-cache-enabled": "true"}
+    expected = cache.lookup_for(
+        CachePolicy(), "POST", "api.openai.com", "/v1/chat/completions", CHAT_BODY, sent
+    )
+    assert c.cache_save == expected
+
+
+def test_an_identical_call_is_answered_from_the_cache(cached: Tap) -> None:
+    a, _, store = cached
+    first = request(extra=CACHE_ON)
+    send(a, first)
+    receive(a, first, respond())
+    [miss] = store.submitted
+    assert miss.cache_save is not None and a.cache is not None
+    a.cache.put(miss.cache_save.keys(), saved_entry(miss), 3600)  # what the writer does
+
+    f = request(extra=(*CACHE_ON, ("Helicone-Request-Id", REQUEST_ID)))
+    send(a, f)
+    assert f.response is not None, "answered by the request hook: the provider is never contacted"
+    assert f.response.status_code == 200
+    assert f.response.content == samples.dumps(samples.openai_chat_json())
+    assert f.response.headers["helicone-cache"] == "HIT"
+    assert f.response.headers["helicone-cache-bucket-idx"] == "0"
+    assert f.response.headers["helicone-id"] == REQUEST_ID
+    assert f.response.headers["content-type"] == "application/json"
+    a.response(f)  # mitmproxy skips responseheaders for a response set in `request`
+    hit = store.submitted[1]
+    assert hit.cache_status == "HIT" and hit.hit is not None
+    assert hit.hit.request_id == miss.meta.request_id
+    assert hit.hit_key == miss.cache_save.keys()[0]
+    assert hit.cache_save is None, "a hit is not saved again"
+    assert (hit.status, hit.meta.request_id, hit.streamed) == (200, REQUEST_ID, False)
+    assert a.calls == {}
+
+
+def test_a_cached_stream_is_replayed_as_a_stream(cached: Tap) -> None:
+    a, _, store = cached
+    f = request(body=STREAM_BODY, extra=CACHE_ON)
+    send(a, f)
+    c = a.calls[f.id].capture
+    assert c is not None and c.cache_save is not None and a.cache is not None
+    a.cache.put(
+        c.cache_save.keys(), saved_entry(c, AS_ASKED, streamed=True, content_type="text/event-stream"), 60
+    )
+
+    g = request(body=STREAM_BODY, extra=CACHE_ON)
+    send(a, g)
+    assert g.response is not None and g.response.content == AS_ASKED
+    assert g.response.headers["content-type"] == "text/event-stream"
+    assert g.request.raw_content == STREAM_BODY, "no usage injection for a call that never goes upstream"
+    a.response(g)
+    assert store.submitted[-1].streamed is True
+
+
+@pytest.mark.parametrize(
+    "extra, auth, body",
+    [
+        # another seed, API key or body is another entry
+        ((*CACHE_ON, ("Helicone-Cache-Seed", "v2")), None, CHAT_BODY),
+        (CACHE_ON, "Bearer sk-other", CHAT_BODY),
+        (CACHE_ON, None, CHAT_BODY.replace(b"Say hello", b"Say bye")),
+        # read not asked for: save-only
+        ((("Helicone-Cache-Save", "true"),), None, CHAT_BODY),
+    ],
+)
+def test_no_hit_for_a_different_call(
+    cached: Tap, extra: tuple[tuple[str, str], ...], auth: str | None, body: bytes
+) -> None:
+    a, _, _ = cached
+    first = request(extra=CACHE_ON)
+    send(a, first)
+    c = a.calls[first.id].capture
+    assert c is not None and c.cache_save is not None and a.cache is not None
+    a.cache.put(c.cache_save.keys(), saved_entry(c), 3600)
+
+    f = request(body=body, extra=extra)
+    if auth is not None:
+        f.request.headers["Authorization"] = auth
+    send(a, f)
+    assert f.response is None
+    same = request(extra=CACHE_ON)
+    send(a, same)
+    assert same.response is not None and same.response.headers["helicone-cache"] == "HIT", "control"
+
+
+def test_save_only_is_not_marked_but_saved(cached: Tap) -> None:
+    a, _, store = cached
+    f = request(extra=(("Helicone-Cache-Save", "true"),))
+    send(a, f)
+    receive(a, f, respond())
+    assert f.response is not None and "helicone-cache" not in f.response.headers
+    [c] = store.submitted
+    assert (c.cache_status, c.cache_save is not None) == (None, True)
+
+
+def test_no_cache_headers_no_caching(cached: Tap) -> None:
+    a, _, store = cached
+    f = request()
+    send(a, f)
+    receive(a, f, respond())
+    [c] = store.submitted
+    assert (c.cache_status, c.cache_save) == (None, None)
+    assert f.response is not None and "helicone-cache" not in f.response.headers
+
+
+def test_a_cache_rule_turns_caching_on_and_a_header_can_turn_it_off(cached: Tap, tmp_path: Path) -> None:
+    a, tctx, store = cached
+    path = tmp_path / "rules.yaml"
+    path.write_text(
+        "rules:\n  - name: mini\n    match: {model: 'gpt-4o-mini*'}\n    cache: {ttl: 1h, seed: r1}\n"
+    )
+    tctx.configure(a, llmtap_rules=str(path))
+    for extra in ((), (("Helicone-Cache-Enabled", "false"),)):
+        f = request(extra=extra)
+        send(a, f)
+        receive(a, f, respond())
+    on, off = store.submitted
+    assert on.cache_status == "MISS"
+    assert on.cache_save is not None and on.cache_save.policy == CachePolicy(ttl=3600.0, seed="r1")
+    assert (off.cache_status, off.cache_save) == (None, None)
+
+
+def test_a_bad_bucket_header_is_a_400_naming_it(cached: Tap) -> None:
+    a, _, store = cached
+    f = request(extra=(*CACHE_ON, ("Helicone-Cache-Bucket-Max-Size", "21")))
+    send(a, f)
+    assert f.response is not None and f.response.status_code == 400
+    message = "Helicone-Cache-Bucket-Max-Size: expected a whole number from 1 to 20, got '21'"
+    assert json.loads(f.response.content or b"") == {
+        "error": {
+            "message": message,
+            "type": "invalid_request_error",
+            "param": "Helicone-Cache-Bucket-Max-Size",
+            "code": "invalid_request_error",
+        }
+    }
+    assert [k for k in f.request.headers if k.lower().startswith("helicone-")] == []
+    a.response(f)
+    assert [c.status for c in store.submitted] == [400]
+    assert a.hook_errors == 0
+
+
+def test_a_bad_bucket_header_to_anthropic_is_anthropic_shaped(cached: Tap) -> None:
+    a, _, _ = cached
+    f = request(host="api.anthropic.com", path="/v1/messages", body=b'{"model":"claude-3-5-sonnet-latest"}',
+                extra=(*CACHE_ON, ("Helicone-Cache-Bucket-Max-Size", "0")))  # fmt: skip
+    send(a, f)
+    assert f.response is not None and f.response.status_code == 400
+    body = json.loads(f.response.content or b"")
+    assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
+    assert body["error"]["message"].startswith("Helicone-Cache-Bucket-Max-Size: ")
+
+
+def test_a_failing_cache_lookup_is_a_miss(
+    cached: Tap, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    a, _, store = cached
+    monkeypatch.setattr(a.cache, "pick", boom)
+    f = request(extra=CACHE_ON)
+    with caplog.at_level(logging.ERROR, logger="llmtap.addon"):
+        send(a, f)
+    assert f.response is None, "the call goes upstream"
+    assert "cache lookup failed; treating it as a miss" in caplog.text
+    receive(a, f, respond())
+    assert f.response is not None and f.response.headers["helicone-cache"] == "MISS"
+    [c] = store.submitted
+    assert (c.cache_status, c.status) == ("MISS", 200)
+    assert a.hook_errors == 0
+
+
+def test_without_a_cache_store_a_read_is_a_miss(tap: Tap) -> None:
+    a, _, store = tap
+    assert a.cache is None
+    f = request(extra=CACHE_ON)
+    send(a, f)
+    receive(a, f, respond())
+    assert f.response is not None and f.response.headers["helicone-cache"] == "MISS"
+    assert store.submitted[0].cache_save is not None

@@ -9,6 +9,7 @@ from typing import Any
 import genai_prices
 import pytest
 
+from llmtap.cachestore import Entry
 from llmtap.headers import CallMeta
 from llmtap.record import COLUMNS, TYPES, Capture, to_row
 
@@ -193,3 +194,46 @@ def test_streamed_row() -> None:
     assert (r["streamed"], r["ttft_ms"], r["model"]) == (True, 120.0, samples.OPENAI_MODEL)
     assert (r["input_tokens"], r["output_tokens"], r["usage_source"]) == (19, 3, "response")
     assert r["response_body"] == samples.openai_stream().decode()
+
+
+ORIGINAL_ID = "11111111-2222-4333-8444-555555555555"
+
+
+def hit_entry(**fields: Any) -> Entry:
+    values: dict[str, Any] = dict(
+        request_id=ORIGINAL_ID, status=200, content_type="application/json", streamed=False, body=RESPONSE,
+        provider="openai", model="gpt-4o-2024-08-06", input_tokens=1200, output_tokens=300,
+        cache_read_tokens=1024, cache_write_tokens=0, reasoning_tokens=128, usage_source="response",
+        cost_usd=Decimal("0.004720000"), latency_ms=812.5,
+    )  # fmt: skip
+    values.update(fields)
+    return Entry(**values)
+
+
+def test_cache_hit_row() -> None:
+    r = row(capture(hit=hit_entry(), hit_key="c1:abc/0", cache_status="HIT", latency_ms=3.5))
+    assert (r["cache_status"], r["cache_reference_id"]) == ("HIT", ORIGINAL_ID)
+    assert r["cost_usd"] == Decimal(0) and isinstance(r["cost_usd"], Decimal)
+    assert r["cost_saved_usd"] == Decimal("0.004720000")
+    assert (r["model"], r["input_tokens"], r["output_tokens"]) == ("gpt-4o-2024-08-06", 1200, 300)
+    assert (r["cache_read_tokens"], r["cache_write_tokens"], r["reasoning_tokens"]) == (1024, 0, 128)
+    assert r["usage_source"] == "response"
+    assert r["cost_note"] == f"cache hit of {ORIGINAL_ID}"
+    assert r["request_id"] == "0b9e5f2a-8d63-4c1e-9f0a-5a3c7d2e1b44", "a hit is its own row"
+    assert (r["latency_ms"], r["status"], r["requested_model"]) == (3.5, 200, "gpt-4o-mini")
+
+
+def test_cache_hit_tokens_come_from_the_entry_not_the_body() -> None:
+    entry = hit_entry(input_tokens=7, output_tokens=2, cost_usd=None, model=None, usage_source="estimated")
+    r = row(capture(hit=entry, cache_status="HIT"))
+    assert (r["input_tokens"], r["output_tokens"], r["usage_source"]) == (7, 2, "estimated")
+    assert (r["cost_usd"], r["cost_saved_usd"]) == (Decimal(0), None), (
+        "an unpriced original saved nothing known"
+    )
+    assert r["model"] == "gpt-4o-mini", "the requested model when the entry has none"
+
+
+def test_a_miss_is_an_ordinary_row() -> None:
+    r = row(capture(cache_status="MISS"))
+    assert (r["cache_status"], r["cache_reference_id"], r["cost_saved_usd"]) == ("MISS", None, None)
+    assert r["cost_usd"] is not None and r["cost_usd"] > 0

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import gzip
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -11,8 +13,12 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from llmtap import cache
 from llmtap import store as store_module
+from llmtap.cache import Lookup
+from llmtap.cachestore import CacheStore, Entry
 from llmtap.headers import CallMeta
+from llmtap.policies import CachePolicy
 from llmtap.record import Capture
 from llmtap.store import Store
 
@@ -226,3 +232,171 @@ def test_close_while_the_file_is_locked_waits_for_the_lock(
     closing.join(15)
     assert s.stats.written == 1
     assert rows(db_path) == [("req-001",)]
+
+
+# -- the response cache side --
+
+CACHE_HEADERS = {"authorization": "Bearer sk-test", "helicone-cache-enabled": "true"}
+
+
+DEFAULT_POLICY = CachePolicy()
+
+
+def lookup(policy: CachePolicy = DEFAULT_POLICY, body: bytes = samples.dumps(samples.CHAT_REQUEST)) -> Lookup:
+    return cache.lookup_for(policy, "POST", "api.openai.com", "/v1/chat/completions", body, CACHE_HEADERS)
+
+
+@pytest.fixture
+def cache_store(tmp_path: Path) -> Iterator[CacheStore]:
+    c = CacheStore(tmp_path / "cache.sqlite")
+    yield c
+    c.close()
+
+
+def run_through(
+    make_store: Callable[..., Store], db_path: Path, cache_store: CacheStore, *caps: Capture
+) -> None:
+    s = make_store(db_path, cache=cache_store)
+    s.start()
+    for c in caps:
+        assert s.submit(c)
+    s.close()
+    assert s.stats.written == len(caps)
+
+
+def test_a_2xx_capture_is_saved_with_the_rows_tokens_and_cost(
+    make_store: Callable[..., Store], db_path: Path, cache_store: CacheStore
+) -> None:
+    save = lookup(CachePolicy(seed="v1", bucket_max_size=2))
+    c = samples.capture(cache_save=save, cache_status="MISS", content_type="application/json")
+    run_through(make_store, db_path, cache_store, c)
+
+    saved, empty = cache_store.get(save.keys())
+    assert empty is None, "the first free slot"
+    assert saved is not None
+    sql = (
+        "SELECT request_id, provider, model, input_tokens, output_tokens, cache_read_tokens,"
+        " cache_write_tokens, reasoning_tokens, usage_source, cost_usd, latency_ms FROM requests"
+    )
+    [row] = rows(db_path, sql)
+    assert row[9] is not None and row[9] > 0
+    assert (
+        saved.request_id, saved.provider, saved.model, saved.input_tokens, saved.output_tokens,
+        saved.cache_read_tokens, saved.cache_write_tokens, saved.reasoning_tokens, saved.usage_source,
+        saved.cost_usd, saved.latency_ms,
+    ) == row  # fmt: skip
+    assert (saved.status, saved.content_type, saved.streamed, saved.seed) == (
+        200,
+        "application/json",
+        False,
+        "v1",
+    )
+    assert saved.body == samples.dumps(samples.openai_chat_json())
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        # not 2xx
+        dict(status=429, response_body=b'{"error":{"message":"slow down"}}'),
+        dict(status=500),
+        dict(status=304),
+        # no response at all
+        dict(status=None, response_body=b"", error="Connection refused"),
+        # incomplete
+        dict(truncated=True),
+        dict(error="stream ended early"),
+        # a TTL of 0 (Cache-Control: max-age=0)
+        dict(cache_save=lookup(CachePolicy(ttl=0.0))),
+        # nothing to save into
+        dict(cache_save=None),
+    ],
+)
+def test_what_is_not_saved(
+    make_store: Callable[..., Store], db_path: Path, cache_store: CacheStore, overrides: dict[str, object]
+) -> None:
+    values: dict[str, object] = {"cache_save": lookup(), **overrides}
+    run_through(make_store, db_path, cache_store, samples.capture(**values))
+    assert cache_store.stats()["entries"] == 0
+    assert len(rows(db_path)) == 1, "the call is still logged"
+
+
+def test_a_2xx_that_is_not_200_is_saved(
+    make_store: Callable[..., Store], db_path: Path, cache_store: CacheStore
+) -> None:
+    run_through(make_store, db_path, cache_store, samples.capture(status=201, cache_save=lookup()))
+    [saved] = cache_store.get(lookup().keys())
+    assert saved is not None and saved.status == 201
+
+
+def test_a_stream_is_saved_as_the_client_saw_it(
+    make_store: Callable[..., Store], db_path: Path, cache_store: CacheStore
+) -> None:
+    body = samples.dumps(samples.STREAM_REQUEST)
+    save = lookup(body=body)
+    c = samples.capture(
+        request_body=body, response_body=samples.openai_stream("final"), streamed=True, strip_usage=True,
+        content_type="text/event-stream", cache_save=save,
+    )  # fmt: skip
+    run_through(make_store, db_path, cache_store, c)
+    [saved] = cache_store.get(save.keys())
+    assert saved is not None
+    assert saved.body == samples.openai_stream("none")
+    assert b'"choices":[]' not in saved.body and b',"usage":null' not in saved.body
+    assert (saved.streamed, saved.content_type) == (True, "text/event-stream")
+    assert (saved.input_tokens, saved.output_tokens, saved.usage_source) == (19, 3, "response")
+    assert rows(db_path, "SELECT response_body FROM requests") == [(samples.openai_stream("final").decode(),)]
+
+
+def test_a_stream_the_client_asked_usage_for_is_saved_unchanged(
+    make_store: Callable[..., Store], db_path: Path, cache_store: CacheStore
+) -> None:
+    c = samples.capture(
+        response_body=samples.openai_stream("final"), streamed=True, strip_usage=False,
+        content_type="text/event-stream", cache_save=lookup(),
+    )  # fmt: skip
+    run_through(make_store, db_path, cache_store, c)
+    [saved] = cache_store.get(lookup().keys())
+    assert saved is not None and saved.body == samples.openai_stream("final")
+
+
+def test_a_gzip_response_is_saved_decoded(
+    make_store: Callable[..., Store], db_path: Path, cache_store: CacheStore
+) -> None:
+    plain = samples.dumps(samples.openai_chat_json())
+    c = samples.capture(response_body=gzip.compress(plain), content_encoding="gzip", cache_save=lookup())
+    run_through(make_store, db_path, cache_store, c)
+    [saved] = cache_store.get(lookup().keys())
+    assert saved is not None and saved.body == plain
+
+
+def test_a_hit_counts_and_saves_nothing(
+    make_store: Callable[..., Store], db_path: Path, cache_store: CacheStore
+) -> None:
+    key = lookup().keys()[0]
+    original = Entry("req-original", 200, "application/json", False, b"{}", cost_usd=Decimal("0.01"))
+    cache_store.put([key], original, 3600)
+    hit = samples.capture(hit=original, hit_key=key, cache_status="HIT")
+    run_through(make_store, db_path, cache_store, hit, hit)
+    assert cache_store.stats()["hits"] == 2
+    assert cache_store.stats()["entries"] == 1
+    assert rows(db_path, "SELECT cache_status, cache_reference_id, cost_usd FROM requests") == [
+        ("HIT", "req-original", Decimal(0)),
+        ("HIT", "req-original", Decimal(0)),
+    ]
+
+
+def test_a_broken_cache_never_loses_the_row(
+    make_store: Callable[..., Store],
+    db_path: Path,
+    cache_store: CacheStore,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken(*args: object) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(cache_store, "put", broken)
+    run_through(make_store, db_path, cache_store, samples.capture(cache_save=lookup()))
+    assert rows(db_path) == [("0b9e5f2a-8d63-4c1e-9f0a-5a3c7d2e1b44",)]
+    assert "could not update the cache for 0b9e5f2a-8d63-4c1e-9f0a-5a3c7d2e1b44" in caplog.text
