@@ -247,6 +247,7 @@ def test_llmtap_proxy_command_runs_mitmdump_with_the_addon(fake: FakeProvider, t
         **os.environ,
         "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "addon"),
         "LLMTAP_DB": str(db),
+        "LLMTAP_CACHE": str(tmp_path / "cache.sqlite"),
     }
     cmd = [
         sys.executable,
