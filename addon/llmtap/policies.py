@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,3 +163,65 @@ def retry_policy(data: Any, where: str) -> RetryPolicy:
             f"{where}.max_timeout", f"must not be below min_timeout, got {data.get('max_timeout')!r}"
         )
     return RetryPolicy(num, factor, low, high)
+
+
+@dataclass(frozen=True, slots=True)
+class Fallback:
+    """One `Helicone-Fallbacks` entry: another target to try, Helicone's shape."""
+
+    target_url: str
+    headers: tuple[tuple[str, str], ...] = ()  # values may hold ${ENV_VAR}, expanded at use
+    on_codes: tuple[tuple[int, int], ...] = ()  # inclusive ranges; leaving this entry for the next
+    body_override: tuple[tuple[str, Any], ...] = ()
+
+    def leaves_on(self, status: int | None) -> bool:
+        return status is None or any(lo <= status <= hi for lo, hi in self.on_codes)
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_env(value: str, env: Mapping[str, str]) -> str:
+    """`${NAME}` from the environment, so keys stay out of rules.yaml; a missing one is an error."""
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(1) not in env:
+            raise PolicyError("headers", f"environment variable {m.group(1)} is not set")
+        return env[m.group(1)]
+
+    return _ENV.sub(sub, value)
+
+
+def fallbacks_policy(data: Any, where: str) -> tuple[Fallback, ...]:
+    if not isinstance(data, list) or not data:
+        raise PolicyError(where, f"expected a non-empty list of fallback entries, got {data!r}")
+    return tuple(_fallback(entry, f"{where}[{i}]") for i, entry in enumerate(data))
+
+
+def _fallback(data: Any, where: str) -> Fallback:
+    data = _mapping(data, where)
+    _only(data, {"target-url", "headers", "onCodes", "bodyKeyOverride"}, where)
+    url = data.get("target-url")
+    if not isinstance(url, str) or not re.match(r"^https?://[^/\s]+", url):
+        raise PolicyError(f"{where}.target-url", f"expected an http(s) URL, got {url!r}")
+    headers = data.get("headers", {})
+    if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+        raise PolicyError(
+            f"{where}.headers", f"expected a mapping of header names to strings, got {headers!r}"
+        )
+    codes = []
+    for j, code in enumerate(data.get("onCodes", [])):
+        if isinstance(code, int) and not isinstance(code, bool):
+            codes.append((code, code))
+        elif (
+            isinstance(code, dict)
+            and set(code) == {"from", "to"}
+            and all(isinstance(code[k], int) for k in ("from", "to"))
+        ):
+            codes.append((code["from"], code["to"]))
+        else:
+            raise PolicyError(f"{where}.onCodes[{j}]", f"expected a status or {{from, to}}, got {code!r}")
+    override = data.get("bodyKeyOverride", {})
+    if not isinstance(override, dict):
+        raise PolicyError(f"{where}.bodyKeyOverride", f"expected a mapping, got {override!r}")
+    return Fallback(url.rstrip("/"), tuple(headers.items()), tuple(codes), tuple(override.items()))

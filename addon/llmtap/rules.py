@@ -23,10 +23,12 @@ import yaml
 
 from .policies import (
     CachePolicy,
+    Fallback,
     PolicyError,
     RateLimitPolicy,
     RetryPolicy,
     cache_policy,
+    fallbacks_policy,
     rate_limit_policy,
     retry_policy,
 )
@@ -42,7 +44,7 @@ class RulesError(ValueError):
 
 
 _MATCH_KEYS = ("provider", "host", "path", "method", "model", "user")
-_RULE_KEYS = {"name", "match", "cache", "rate_limit", "retry"}
+_RULE_KEYS = {"name", "match", "cache", "rate_limit", "retry", "fallbacks"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +67,7 @@ class Rule:
     cache: CachePolicy | None = None
     rate_limit: RateLimitPolicy | None = None
     retry: RetryPolicy | None = None
+    fallbacks: tuple[Fallback, ...] = ()
 
     def matches(self, req: Request) -> bool:
         for key, pattern in self.match:
@@ -96,6 +99,12 @@ class Rules:
             if rule.retry is not None and rule.matches(req):
                 return rule, rule.retry
         return None
+
+    def fallbacks_for(self, req: Request) -> tuple[Fallback, ...]:
+        for rule in self.rules:
+            if rule.fallbacks and rule.matches(req):
+                return rule.fallbacks
+        return ()
 
     def rate_limits_for(self, req: Request) -> list[tuple[Rule, RateLimitPolicy]]:
         return [(r, r.rate_limit) for r in self.rules if r.rate_limit is not None and r.matches(req)]
@@ -159,8 +168,8 @@ def _rule(entry: Any, where: str) -> Rule:
     name = entry.get("name")
     if not isinstance(name, str) or not name.strip():
         raise PolicyError(f"{where}.name", f"expected a name for the rule, got {name!r}")
-    if not any(k in entry for k in ("cache", "rate_limit", "retry")):
-        raise PolicyError(where, "sets no policy: add cache, rate_limit or retry")
+    if not any(k in entry for k in ("cache", "rate_limit", "retry", "fallbacks")):
+        raise PolicyError(where, "sets no policy: add cache, rate_limit, retry or fallbacks")
     return Rule(
         name=name.strip(),
         match=_match({} if entry.get("match") is None else entry["match"], f"{where}.match"),
@@ -169,6 +178,7 @@ def _rule(entry: Any, where: str) -> Rule:
         if "rate_limit" in entry
         else None,
         retry=retry_policy(entry["retry"], f"{where}.retry") if "retry" in entry else None,
+        fallbacks=fallbacks_policy(entry["fallbacks"], f"{where}.fallbacks") if "fallbacks" in entry else (),
     )
 
 

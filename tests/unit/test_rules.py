@@ -197,7 +197,7 @@ def rules_of(*entries: Any) -> dict[str, Any]:
     return {"rules": list(entries)}
 
 
-RULE_KEYS = "cache, match, name, rate_limit, retry"
+RULE_KEYS = "cache, fallbacks, match, name, rate_limit, retry"
 MATCH_KEYS = "provider, host, path, method, model, user or property.<name>"
 
 
@@ -217,7 +217,7 @@ MATCH_KEYS = "provider, host, path, method, model, user or property.<name>"
          "duplicate rule name 'a'"),
         # a rule must set a policy
         (rules_of({"name": "r", "match": {"provider": "openai"}}), "rules[0]",
-         "sets no policy: add cache, rate_limit or retry"),
+         "sets no policy: add cache, rate_limit, retry or fallbacks"),
         # match
         (rules_of(rule(match="openai")), "rules[0].match",
          "expected a mapping like {provider: openai}, got 'openai'"),

@@ -1,0 +1,72 @@
+"""When to retry a call and how long to wait (Helicone's defaults and backoff; reference §4).
+
+Retried: 429, any 5xx, connection errors and timeouts (`status` None). Never other 4xx. The wait
+before attempt k+1 is Helicone's jittered exponential backoff,
+`min((1 + random()) * min_timeout * factor**k, max_timeout)`, unless the provider said how long
+to wait: `retry-after-ms`, or `Retry-After` in seconds or as an HTTP date, honoured up to 60 s.
+All waits of one call together are capped at `MAX_TOTAL_WAIT`; past it the last response stands.
+Pure functions; the random source is injectable.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Mapping
+from email.utils import parsedate_to_datetime
+
+from .policies import RetryPolicy
+
+MAX_PROVIDER_WAIT = 60.0
+MAX_TOTAL_WAIT = 120.0
+
+
+def retryable(status: int | None) -> bool:
+    return status is None or status == 429 or status >= 500
+
+
+def backoff(policy: RetryPolicy, attempt: int, rng: Callable[[], float] = random.random) -> float:
+    """Seconds to wait after failed attempt number `attempt` (0-based)."""
+    return min((1 + rng()) * max(policy.min_timeout, 0.001) * policy.factor**attempt, policy.max_timeout)
+
+
+def provider_wait(headers: Mapping[str, str], now: Callable[[], float] = time.time) -> float | None:
+    """The provider's own `retry-after-ms` / `Retry-After`, if it gave one we should honour."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    value: float | None = None
+    if "retry-after-ms" in lowered:
+        try:
+            value = float(lowered["retry-after-ms"]) / 1000
+        except ValueError:
+            value = None
+    if value is None and "retry-after" in lowered:
+        raw = lowered["retry-after"].strip()
+        try:
+            value = float(raw)
+        except ValueError:
+            try:
+                value = parsedate_to_datetime(raw).timestamp() - now()
+            except (TypeError, ValueError):
+                value = None
+    if value is None or value < 0 or value > MAX_PROVIDER_WAIT:
+        return None
+    return value
+
+
+def wait_before_next(
+    policy: RetryPolicy,
+    attempt: int,
+    status: int | None,
+    headers: Mapping[str, str],
+    waited: float,
+    rng: Callable[[], float] = random.random,
+) -> float | None:
+    """Seconds to wait before another attempt, or None when the call should not be retried."""
+    if not retryable(status) or attempt + 1 >= policy.num:
+        return None
+    delay = provider_wait(headers)
+    if delay is None:
+        delay = backoff(policy, attempt, rng)
+    if waited + delay > MAX_TOTAL_WAIT:
+        return None
+    return delay
