@@ -16,19 +16,20 @@ import logging
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.proxy.mode_specs import ReverseMode
 from mitmproxy.utils import asyncio_utils
 
-from . import answers, cache, headers, options, providers, reload, rules
+from . import answers, cache, delivery, headers, options, providers, ratelimit, reload, retry, rules, upstream
 from .cachestore import CacheStore
 from .headers import HeaderError
-from .record import Capture
+from .policies import Fallback, RetryPolicy
+from .record import Capture, spent
 from .redact import redact_headers, redact_path
-from .tee import StreamTee
+from .tee import StreamTee, client_view_of
 from .writerproc import HANDOFF_SECONDS, WriterProcess
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,16 @@ class Call:
     path: str
     capture: Capture | None = None
     tee: StreamTee | None = None
+    retry: RetryPolicy | None = None
+    fallbacks: tuple[Fallback, ...] = ()
+    rate_headers: dict[str, str] = field(default_factory=dict)
+    charge: list[ratelimit.Limit] = field(default_factory=list)  # cents/tokens buckets to charge after
+    upstream_body: bytes | None = None  # what our own client received, before the client's view
+    delivered: bool = False  # llmtap's own attempts already produced the response
+
+    @property
+    def delivers(self) -> bool:
+        return self.retry is not None or bool(self.fallbacks)
 
 
 class LLMTap:
@@ -51,6 +62,8 @@ class LLMTap:
         self.cache: CacheStore | None = None
         self.calls: dict[str, Call] = {}
         self.hook_errors = 0
+        self.buckets = ratelimit.MemoryBuckets()
+        self.tls = upstream.tls_context(False, None)
         self._watcher: asyncio.Task | None = None
         self._handoff: asyncio.Task | None = None
 
@@ -74,6 +87,7 @@ class LLMTap:
             self._start_store()
 
     def running(self) -> None:
+        self.tls = upstream.tls_context(ctx.options.ssl_insecure, ctx.options.ssl_verify_upstream_trusted_ca)
         if ctx.options.connection_strategy == "eager":
             # Lazy: answers made by llmtap (cache hits) never need, or wait for, the upstream.
             ctx.options.connection_strategy = "lazy"
@@ -89,6 +103,9 @@ class LLMTap:
             if task is not None:
                 task.cancel()
         self._watcher = self._handoff = None
+        for call in self.calls.values():  # still in flight: their hooks would come after the writer stops
+            self._abandon(call)
+        self.calls.clear()
         self._stop_store()
 
     def _start_store(self) -> None:
@@ -154,7 +171,7 @@ class LLMTap:
                 host = req.host if req.port in (80, 443) else f"{req.host}:{req.port}"
                 self.calls[flow.id] = Call(found, host, redact_path(req.path))
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    async def request(self, flow: http.HTTPFlow) -> None:
         call = self.calls.get(flow.id)
         if call is None:
             return
@@ -163,6 +180,10 @@ class LLMTap:
                 self._start_call(flow, call)
             except HeaderError as e:
                 flow.response = answers.error(call.provider.api, 400, str(e), e.header)
+            if flow.response is None and call.delivers and not (call.capture and call.capture.streamed):
+                # Retries / fallbacks for a non-streamed call: llmtap makes every attempt itself,
+                # so connection errors and timeouts can be retried too (reference §4, approach A).
+                await self._deliver(flow, call, None)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         call = self.calls.get(flow.id)
@@ -173,15 +194,31 @@ class LLMTap:
             resp.headers["helicone-id"] = c.meta.request_id
             if c.cache_status:
                 resp.headers["helicone-cache"] = c.cache_status
+            resp.headers.update(call.rate_headers)
             if 200 <= resp.status_code < 300 and _is_stream(resp, c.endpoint):
                 call.tee = StreamTee(ctx.options.llmtap_max_body, c.strip_usage)
                 resp.stream = call.tee
 
-    def response(self, flow: http.HTTPFlow) -> None:
+    async def response(self, flow: http.HTTPFlow) -> None:
         call = self.calls.pop(flow.id, None)
-        if call is not None and call.capture is not None:
-            with self._guard(flow, "response"):
-                self._finish(flow, call, None)
+        if call is None or call.capture is None:
+            return
+        with self._guard(flow, "response"):
+            resp = flow.response
+            if (
+                call.delivers
+                and not call.delivered
+                and resp is not None
+                and call.tee is None
+                and retry.retryable(resp.status_code)
+            ):
+                # A streamed call that failed before anything reached the client (reference §4, B).
+                first = upstream.Reply(
+                    resp.status_code, list(resp.headers.items(multi=True)), resp.raw_content or b""
+                )
+                await self._deliver(flow, call, first)
+        with self._guard(flow, "response"):
+            self._finish(flow, call, None)
 
     def error(self, flow: http.HTTPFlow) -> None:
         call = self.calls.pop(flow.id, None)
@@ -220,9 +257,18 @@ class LLMTap:
             flow.response = answers.error(api, 401, "llmtap: missing or wrong Helicone-Auth proxy access key")
             return
         lowered = {name.lower(): value for name, value in fields}
-        if self._answer_from_cache(flow, call, lowered):
+        match = self._match_request(flow, call, c)
+        if self._answer_from_cache(flow, call, lowered, match) or self._rate_limited(
+            flow, call, lowered, match
+        ):
             return
-        if providers.wants_stream(api, kind, body):
+        found = self.rules.retry_for(match) if self.rules.rules else None
+        call.retry = retry.policy_for(lowered, found[1] if found else None)
+        call.fallbacks = delivery.fallbacks_for(
+            lowered, self.rules.fallbacks_for(match) if self.rules.rules else ()
+        )
+        c.streamed = providers.wants_stream(api, kind, body)
+        if c.streamed:
             req.headers["accept-encoding"] = "identity"  # the tee reads the events as they pass
             if (
                 ctx.options.llmtap_stream_usage
@@ -231,11 +277,39 @@ class LLMTap:
             ):
                 c.strip_usage = _inject_include_usage(req)
 
-    def _answer_from_cache(self, flow: http.HTTPFlow, call: Call, lowered: dict[str, str]) -> bool:
+    def _rate_limited(
+        self, flow: http.HTTPFlow, call: Call, lowered: dict[str, str], match: rules.Request
+    ) -> bool:
+        """Apply every rate limit of this call; True when one of them answered it with a 429."""
+        c = call.capture
+        assert c is not None
+        found = [(r.name, p) for r, p in self.rules.rate_limits_for(match)] if self.rules.rules else []
+        header = lowered.get("helicone-ratelimit-policy")
+        if not found and header is None:
+            return False
+        limits = ratelimit.limits_for(found, header, match.user, c.meta.properties)
+        ok, states = ratelimit.admit(self.buckets, limits)
+        call.rate_headers = ratelimit.headers_for(states, limited=not ok)
+        if ok:
+            call.charge = [lim for lim in limits if lim.policy.unit != "request"]
+            return False
+        c.rate_limited = True
+        message = "llmtap: rate limited by " + ", ".join(
+            f"{s.limit.source} ({s.limit.policy.spec()})" for s in states if s.retry_after > 0
+        )
+        flow.response = answers.error(
+            c.api, 429, f"{message}; retry after {call.rate_headers['Retry-After']} s"
+        )
+        flow.response.headers.update(call.rate_headers)
+        return True
+
+    def _answer_from_cache(
+        self, flow: http.HTTPFlow, call: Call, lowered: dict[str, str], match: rules.Request
+    ) -> bool:
         """Set up caching for this call; True when a hit answered it."""
         c = call.capture
         assert c is not None
-        found = self.rules.cache_for(self._match_request(flow, call, c)) if self.rules.rules else None
+        found = self.rules.cache_for(match) if self.rules.rules else None
         policy = cache.policy_for(lowered, found[1] if found else None)
         if policy is None or c.endpoint is None:
             return False
@@ -285,6 +359,48 @@ class LLMTap:
             properties=c.meta.properties,
         )
 
+    async def _deliver(self, flow: http.HTTPFlow, call: Call, first: upstream.Reply | None) -> None:
+        c = call.capture
+        assert c is not None
+        req = flow.request
+        target = delivery.Target(
+            req.method, req.url, list(req.headers.items(multi=True)), req.raw_content or b""
+        )
+        call.delivered = True
+        out = await delivery.deliver(target, call.retry, call.fallbacks, self.tls, timeout=600.0, first=first)
+        c.retries, c.attempts, c.fallback_index = out.retries, out.attempts, out.fallback_index
+        reply = out.reply
+        if reply.status is None:
+            flow.response = answers.error(
+                c.api, 502, f"llmtap: no response after {len(out.attempts)} attempts: {reply.error}"
+            )
+            return
+        call.upstream_body = reply.body
+        body = reply.body
+        if _is_event_stream(reply.header_map()) and c.strip_usage and 200 <= reply.status < 300:
+            body = client_view_of(body)
+        flow.response = http.Response.make(
+            reply.status, body, [(k.encode(), v.encode()) for k, v in reply.headers]
+        )
+        if out.fallback_index is not None:
+            flow.response.headers["helicone-fallback-index"] = str(out.fallback_index)
+        flow.response.headers.update(call.rate_headers)
+        flow.response.headers["helicone-id"] = c.meta.request_id
+
+    def _charge_later(self, call: Call) -> None:
+        """cents / tokens limits are charged with the real usage, priced off the event loop."""
+        c, limits = call.capture, call.charge
+        assert c is not None
+
+        def work() -> None:
+            cents, tokens = spent(c)
+            ratelimit.charge(self.buckets, limits, cents, tokens)
+
+        try:
+            asyncio.get_running_loop().run_in_executor(None, work)
+        except RuntimeError:  # no loop (unit tests): do it now
+            work()
+
     def _finish(self, flow: http.HTTPFlow, call: Call, error: str | None) -> None:
         c = call.capture
         assert c is not None
@@ -304,12 +420,28 @@ class LLMTap:
                 c.extra_notes.append(call.tee.failed)
             if error is None and not call.tee.ended:
                 error = "stream ended early"
+        elif call.upstream_body is not None:
+            c.response_body = call.upstream_body
+            c.content_encoding = dict(resp.headers).get("content-encoding") if resp is not None else None
         elif resp is not None:
             c.response_body = resp.raw_content or b""
         c.latency_ms = (end - c.started) * 1000
         c.error = error
+        if call.charge and c.status is not None and 200 <= c.status < 300:
+            self._charge_later(call)
         if self.store is not None:
             self.store.submit(c)
+
+    def _abandon(self, call: Call) -> None:
+        c = call.capture
+        if c is None or self.store is None:
+            return
+        if call.tee is not None:
+            c.streamed = True
+            c.response_body, c.truncated = call.tee.body(), call.tee.truncated
+        c.latency_ms = (time.time() - c.started) * 1000
+        c.error = "proxy shut down before the call finished"
+        self.store.submit(c)
 
     @contextmanager
     def _guard(self, flow: http.HTTPFlow, hook: str) -> Iterator[None]:
@@ -329,6 +461,10 @@ def _background(make: Callable[[], Coroutine[Any, Any, None]], name: str) -> asy
     except RuntimeError:
         return None
     return asyncio_utils.create_task(make(), name=name, keep_ref=True)
+
+
+def _is_event_stream(headers: dict[str, str]) -> bool:
+    return headers.get("content-type", "").startswith("text/event-stream")
 
 
 def _is_stream(resp: http.Response, kind: str | None) -> bool:

@@ -10,6 +10,9 @@ or cost. Request headers script each reply (they pass through a proxy unchanged)
 - ``x-fake-status``: an error status (>= 400) answered in the provider's error shape.
 - ``x-fake-delay-ms``: sleep before each streamed event (time-to-first-token, aborts).
 - ``x-fake-model``: the model named in the reply (default: the requested one).
+- ``x-fake-fail`` with ``x-fake-key``: a script such as ``500,429,reset`` for successive calls
+  with that key (a status, or ``reset`` to drop the connection); later calls succeed.
+- ``x-fake-retry-after``: a ``Retry-After`` header on error replies.
 
 Every request is recorded in ``FakeProvider.received`` so tests can check what arrived.
 """
@@ -22,6 +25,7 @@ import hashlib
 import itertools
 import json
 import re
+import socket
 import struct
 import sys
 import threading
@@ -482,6 +486,7 @@ class Handler(BaseHTTPRequestHandler):
     """Serves one connection: HTTP/1.1 keep-alive, Content-Length or chunked bodies."""
 
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out separately: no 40 ms Nagle stall
     server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -517,10 +522,14 @@ class Handler(BaseHTTPRequestHandler):
         if found is None:
             message = f"fake provider has no route for {self.command} {url.path}"
             return self.send_json(404, error_body("openai", 404, message))
-        status = header_int(headers.get("x-fake-status"))
+        scripted = self.server.provider.scripted_outcome(headers)
+        if scripted == "reset":
+            return self.reset()
+        status = header_int(scripted or headers.get("x-fake-status"))
         if status >= 400:
-            message = f"fake error {status} requested by x-fake-status"
-            return self.send_json(status, error_body(found.fmt, status, message))
+            message = f"fake error {status} requested by x-fake-status / x-fake-fail"
+            extra = {"retry-after": headers["x-fake-retry-after"]} if "x-fake-retry-after" in headers else {}
+            return self.send_json(status, error_body(found.fmt, status, message), extra)
         reply = found.endpoint(self.make_call(url.path, url.query, headers, raw, found.model))
         if isinstance(reply, dict):
             return self.send_json(200, reply)
@@ -544,11 +553,21 @@ class Handler(BaseHTTPRequestHandler):
         model = headers.get("x-fake-model") or body.get("model") or path_model or "fake-model"
         return Call(self.command, path, parse_qs(query), headers, raw, body, str(model), text, usage)
 
-    def send_json(self, status: int, doc: JSON) -> None:
-        self.send_body(status, "application/json", dumps(doc).encode())
+    def reset(self) -> None:
+        """Drop the connection with a TCP reset and no response (x-fake-fail: reset)."""
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.connection.close()
+        self.close_connection = True
 
-    def send_body(self, status: int, content_type: str, data: bytes) -> None:
+    def send_json(self, status: int, doc: JSON, extra: dict[str, str] | None = None) -> None:
+        self.send_body(status, "application/json", dumps(doc).encode(), extra)
+
+    def send_body(
+        self, status: int, content_type: str, data: bytes, extra: dict[str, str] | None = None
+    ) -> None:
         self.send_response(status)
+        for name, value in (extra or {}).items():
+            self.send_header(name, value)
         self.send_header("content-type", content_type)
         self.send_header("content-length", str(len(data)))
         self.end_headers()
@@ -591,6 +610,7 @@ class FakeProvider:
         self.host = host
         self.port = port  # the real port once started, if 0 was asked for
         self.received: list[Received] = []
+        self._attempts: dict[str, int] = {}
         self._lock = threading.Lock()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -622,6 +642,19 @@ class FakeProvider:
     def record(self, request: Received) -> None:
         with self._lock:
             self.received.append(request)
+
+    def scripted_outcome(self, headers: dict[str, str]) -> str | None:
+        """`x-fake-fail: 500,429,reset` with `x-fake-key: K`: the n-th call with key K gets the n-th
+        outcome (a status, or `reset` for a dropped connection); later calls succeed."""
+        script = headers.get("x-fake-fail")
+        if not script:
+            return None
+        key = headers.get("x-fake-key", "")
+        with self._lock:
+            n = self._attempts.get(key, 0)
+            self._attempts[key] = n + 1
+        outcomes = [o.strip() for o in script.split(",") if o.strip()]
+        return outcomes[n] if n < len(outcomes) else None
 
     def clear(self) -> None:
         with self._lock:

@@ -115,3 +115,11 @@ def m002_cache_columns(conn: duckdb.DuckDBPyConnection) -> None:
     conn.execute("ALTER TABLE requests ADD COLUMN cache_status VARCHAR")  # 'HIT' | 'MISS' | NULL (not read)
     conn.execute("ALTER TABLE requests ADD COLUMN cache_reference_id VARCHAR")  # the original call of a hit
     conn.execute("ALTER TABLE requests ADD COLUMN cost_saved_usd DECIMAL(18, 9)")  # a hit's original cost
+
+
+@migration
+def m003_delivery_columns(conn: duckdb.DuckDBPyConnection) -> None:
+    conn.execute("ALTER TABLE requests ADD COLUMN rate_limited BOOLEAN")  # answered 429 by llmtap
+    conn.execute("ALTER TABLE requests ADD COLUMN retries INTEGER")  # extra attempts on the primary
+    conn.execute("ALTER TABLE requests ADD COLUMN attempts JSON")  # each attempt's target, status, latency
+    conn.execute("ALTER TABLE requests ADD COLUMN fallback_index INTEGER")  # which fallback answered

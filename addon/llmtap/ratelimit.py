@@ -90,7 +90,7 @@ def parse_header(value: str) -> RateLimitPolicy:
     if "window" not in fields:
         raise HeaderError(HEADER, f"missing w=<seconds> in {value!r}")
     window = str(fields["window"])
-    if not window.isdigit():
+    if not window.isdigit() or not 60 <= int(window) <= 31_536_000:
         raise HeaderError(HEADER, f"w must be whole seconds from 60 to 31536000, got {window!r}")
     fields["window"] = int(window)
     try:

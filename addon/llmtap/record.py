@@ -63,6 +63,10 @@ ROW_SCHEMA: tuple[tuple[str, str], ...] = (
     ("cache_status", "VARCHAR"),
     ("cache_reference_id", "VARCHAR"),
     ("cost_saved_usd", "DECIMAL(18,9)"),
+    ("rate_limited", "BOOLEAN"),
+    ("retries", "INTEGER"),
+    ("attempts", "JSON"),
+    ("fallback_index", "INTEGER"),
 )
 COLUMNS: tuple[str, ...] = tuple(name for name, _ in ROW_SCHEMA)
 TYPES: tuple[str, ...] = tuple(kind for _, kind in ROW_SCHEMA)
@@ -98,6 +102,10 @@ class Capture:
     hit_key: str | None = None
     cache_save: Lookup | None = None  # where to save a 2xx response
     strip_usage: bool = False  # the client saw the stream without the injected usage chunk
+    rate_limited: bool = False
+    retries: int | None = None  # set when llmtap made the attempts itself
+    attempts: list[dict[str, Any]] | None = None
+    fallback_index: int | None = None
 
 
 def to_row(c: Capture) -> tuple[Any, ...]:
@@ -133,6 +141,10 @@ def to_row(c: Capture) -> tuple[Any, ...]:
         response_body=None if c.meta.omit_response else _text(response[: c.store_limit]),
         error=c.error,
         cache_status=c.cache_status,
+        rate_limited=c.rate_limited,
+        retries=c.retries,
+        attempts=json.dumps(c.attempts) if c.attempts is not None else None,
+        fallback_index=c.fallback_index,
     )
     if c.hit is not None:
         return as_row(**common, **_hit(c.hit, requested_model))
@@ -224,3 +236,11 @@ def _decode(body: bytes, encoding: str | None) -> bytes:
     except Exception as e:
         logger.warning(f"llmtap: could not decode {encoding} response body: {e}")
         return body
+
+
+def spent(c: Capture) -> tuple[float | None, int | None]:
+    """What a finished call cost, in cents, and its tokens (input + output), for rate limits."""
+    row = dict(zip(COLUMNS, to_row(c), strict=True))
+    cost = row["cost_usd"]
+    tokens = [row[k] for k in ("input_tokens", "output_tokens") if row[k] is not None]
+    return (float(cost) * 100 if cost is not None else None), (sum(tokens) if tokens else None)

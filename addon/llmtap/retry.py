@@ -10,11 +10,13 @@ Pure functions; the random source is injectable.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable, Mapping
 from email.utils import parsedate_to_datetime
 
+from .headers import HeaderError
 from .policies import RetryPolicy
 
 MAX_PROVIDER_WAIT = 60.0
@@ -70,3 +72,47 @@ def wait_before_next(
     if waited + delay > MAX_TOTAL_WAIT:
         return None
     return delay
+
+
+HEADERS = {
+    "helicone-retry-num": "Helicone-Retry-Num",
+    "helicone-retry-factor": "Helicone-Retry-Factor",
+    "helicone-retry-min-timeout": "Helicone-Retry-Min-Timeout",
+    "helicone-retry-max-timeout": "Helicone-Retry-Max-Timeout",
+}
+
+
+def policy_for(headers: Mapping[str, str], rule: RetryPolicy | None) -> RetryPolicy | None:
+    """`Helicone-Retry-Enabled: true` (+ -Num, -Factor, -Min-Timeout / -Max-Timeout in ms) or a rule's.
+
+    Headers override the rule's fields; `Helicone-Retry-Enabled: false` turns a rule's retries off.
+    """
+    enabled = (headers.get("helicone-retry-enabled") or "").strip().lower()
+    if enabled == "false" or (rule is None and enabled != "true"):
+        return None
+    base = rule or RetryPolicy()
+    num = _header_number(headers, "helicone-retry-num", base.num, 1, 20, whole=True)
+    factor = _header_number(headers, "helicone-retry-factor", base.factor, 1, 10)
+    low = _header_number(headers, "helicone-retry-min-timeout", base.min_timeout * 1000, 0, 600_000) / 1000
+    high = _header_number(headers, "helicone-retry-max-timeout", base.max_timeout * 1000, 0, 600_000) / 1000
+    if high < low:
+        raise HeaderError(
+            "Helicone-Retry-Max-Timeout", f"must not be below the min timeout ({low * 1000:g} ms)"
+        )
+    return RetryPolicy(int(num), factor, low, high)
+
+
+def _header_number(
+    headers: Mapping[str, str], name: str, default: float, low: float, high: float, whole: bool = False
+) -> float:
+    raw = headers.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw) if not whole else int(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or not low <= value <= high:
+        kind = "a whole number" if whole else "a number"
+        raise HeaderError(HEADERS[name], f"expected {kind} from {low:g} to {high:g}, got {raw!r}")
+    return value

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import logging
 from collections.abc import Iterator
@@ -83,10 +85,16 @@ def respond(
     return tutils.tresp(status_code=status, headers=http.Headers(content_type=ctype), content=body)
 
 
+def drive(result: object) -> None:
+    """Run a hook's coroutine to completion, as mitmproxy awaits async hooks."""
+    if inspect.iscoroutine(result):
+        asyncio.run(result)
+
+
 def send(a: LLMTap, f: http.HTTPFlow) -> None:
     a.requestheaders(f)
     if f.response is None:
-        a.request(f)
+        drive(a.request(f))
 
 
 def receive(a: LLMTap, f: http.HTTPFlow, resp: http.Response, chunks: list[bytes] | None = None) -> bytes:
@@ -100,7 +108,7 @@ def receive(a: LLMTap, f: http.HTTPFlow, resp: http.Response, chunks: list[bytes
             out = f.response.stream(chunk)
             received += out if isinstance(out, bytes) else b"".join(out)
         f.response.content = None  # store_streamed_bodies=false
-    a.response(f)
+    drive(a.response(f))
     return received
 
 
@@ -258,7 +266,7 @@ def test_access_key(tap: Tap, auth: str | None, status: int | None) -> None:
         }
     }
     a.responseheaders(f)
-    a.response(f)
+    drive(a.response(f))
     assert [c.status for c in store.submitted] == [401]
     assert "k1" not in json.dumps(store.submitted[0].request_headers)
 
@@ -313,7 +321,7 @@ def test_stream_cut_before_the_end_is_an_error(tap: Tap) -> None:
     a.responseheaders(f)
     assert callable(f.response.stream)
     f.response.stream(INJECTED[:200])
-    a.response(f)
+    drive(a.response(f))
     [c] = store.submitted
     assert (c.streamed, c.error, c.response_body) == (True, "stream ended early", INJECTED[:200])
 
@@ -441,7 +449,7 @@ def test_an_identical_call_is_answered_from_the_cache(cached: Tap) -> None:
     assert f.response.headers["helicone-cache-bucket-idx"] == "0"
     assert f.response.headers["helicone-id"] == REQUEST_ID
     assert f.response.headers["content-type"] == "application/json"
-    a.response(f)  # mitmproxy skips responseheaders for a response set in `request`
+    drive(a.response(f))  # mitmproxy skips responseheaders for a response set in `request`
     hit = store.submitted[1]
     assert hit.cache_status == "HIT" and hit.hit is not None
     assert hit.hit.request_id == miss.meta.request_id
@@ -466,7 +474,7 @@ def test_a_cached_stream_is_replayed_as_a_stream(cached: Tap) -> None:
     assert g.response is not None and g.response.content == AS_ASKED
     assert g.response.headers["content-type"] == "text/event-stream"
     assert g.request.raw_content == STREAM_BODY, "no usage injection for a call that never goes upstream"
-    a.response(g)
+    drive(a.response(g))
     assert store.submitted[-1].streamed is True
 
 
@@ -553,7 +561,7 @@ def test_a_bad_bucket_header_is_a_400_naming_it(cached: Tap) -> None:
         }
     }
     assert [k for k in f.request.headers if k.lower().startswith("helicone-")] == []
-    a.response(f)
+    drive(a.response(f))
     assert [c.status for c in store.submitted] == [400]
     assert a.hook_errors == 0
 

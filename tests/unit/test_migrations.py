@@ -48,6 +48,11 @@ EXPECTED = {
     "cache_status": "VARCHAR",
     "cache_reference_id": "VARCHAR",
     "cost_saved_usd": "DECIMAL(18,9)",
+    # m003
+    "rate_limited": "BOOLEAN",
+    "retries": "INTEGER",
+    "attempts": "JSON",
+    "fallback_index": "INTEGER",
 }
 
 

@@ -57,6 +57,7 @@ def test_openai_chat_row() -> None:
         "response_body": RESPONSE.decode(),
         "error": None,
         "cache_status": None, "cache_reference_id": None, "cost_saved_usd": None,
+        "rate_limited": False, "retries": None, "attempts": None, "fallback_index": None,
     }  # fmt: skip
 
 
