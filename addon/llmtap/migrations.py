@@ -123,3 +123,26 @@ def m003_delivery_columns(conn: duckdb.DuckDBPyConnection) -> None:
     conn.execute("ALTER TABLE requests ADD COLUMN retries INTEGER")  # extra attempts on the primary
     conn.execute("ALTER TABLE requests ADD COLUMN attempts JSON")  # each attempt's target, status, latency
     conn.execute("ALTER TABLE requests ADD COLUMN fallback_index INTEGER")  # which fallback answered
+
+
+@migration
+def m004_feedback_and_scores(conn: duckdb.DuckDBPyConnection) -> None:
+    conn.execute(
+        """
+        CREATE TABLE feedback (
+            request_id VARCHAR NOT NULL,        -- requests.request_id
+            rating BOOLEAN NOT NULL,            -- true: thumbs up
+            created_at TIMESTAMPTZ NOT NULL
+        )
+        """
+    )
+    conn.execute(
+        """
+        CREATE TABLE scores (
+            request_id VARCHAR NOT NULL,        -- requests.request_id
+            name VARCHAR NOT NULL,              -- e.g. accuracy, is_safe
+            value BIGINT NOT NULL,              -- integers; booleans are stored as 1 / 0 (Helicone)
+            created_at TIMESTAMPTZ NOT NULL
+        )
+        """
+    )

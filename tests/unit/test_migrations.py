@@ -78,6 +78,12 @@ def test_migrate_blank(db: duckdb.DuckDBPyConnection) -> None:
     assert migrate(db) == names
     assert columns(db, "requests") == EXPECTED
     assert columns(db, "_llmtap_migrations") == {"name": "VARCHAR", "applied_at": "TIMESTAMP WITH TIME ZONE"}
+    assert columns(db, "feedback") == {
+        "request_id": "VARCHAR", "rating": "BOOLEAN", "created_at": "TIMESTAMP WITH TIME ZONE"
+    }  # fmt: skip
+    assert columns(db, "scores") == {
+        "request_id": "VARCHAR", "name": "VARCHAR", "value": "BIGINT", "created_at": "TIMESTAMP WITH TIME ZONE"
+    }  # fmt: skip
     assert applied(db) == names
     assert pending(db) == []
 
