@@ -23,12 +23,26 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.proxy.mode_specs import ReverseMode
 from mitmproxy.utils import asyncio_utils
 
-from . import answers, cache, delivery, headers, options, providers, ratelimit, reload, retry, rules, upstream
+from . import (
+    answers,
+    api,
+    cache,
+    delivery,
+    headers,
+    options,
+    providers,
+    ratelimit,
+    reload,
+    retry,
+    rules,
+    upstream,
+)
 from .cachestore import CacheStore
 from .headers import HeaderError
 from .policies import Fallback, RetryPolicy
 from .record import Capture, spent
 from .redact import redact_headers, redact_path
+from .service import Service
 from .tee import StreamTee, client_view_of
 from .writerproc import HANDOFF_SECONDS, WriterProcess
 
@@ -66,6 +80,13 @@ class LLMTap:
         self.tls = upstream.tls_context(False, None)
         self._watcher: asyncio.Task | None = None
         self._handoff: asyncio.Task | None = None
+        self.api_server: api.Server | None = None
+        self.service = Service(
+            submit=lambda item: self.store.submit(item) if self.store is not None else False,
+            db_path=lambda: ctx.options.llmtap_db,
+            extra_providers=lambda: self.rules.providers,
+            store_limit=lambda: ctx.options.llmtap_max_body,
+        )
 
     # -- lifecycle (sync on purpose: async done/running break -s hot reload) --
 
@@ -82,6 +103,8 @@ class LLMTap:
             self.rules_stamp = reload.stamp(path) if path else None
             if self._watcher is not None:
                 self._start_watcher()
+        if "llmtap_api" in updated or "llmtap_api_key" in updated:
+            self._check_api_options()
         if self.store is not None and any(o in updated for o in options.STORE_OPTIONS):
             self._stop_store()
             self._start_store()
@@ -96,9 +119,14 @@ class LLMTap:
         self._start_watcher()
         if self._handoff is None:
             self._handoff = _background(self._handoff_loop, "llmtap handoff")
+        if ctx.options.llmtap_api and self.api_server is None:
+            _background(self._start_api, "llmtap api")
         logger.info(f"llmtap: logging LLM calls to {ctx.options.llmtap_db}")
 
     def done(self) -> None:
+        if self.api_server is not None:
+            self.api_server.close()
+            self.api_server = None
         for task in (self._watcher, self._handoff):
             if task is not None:
                 task.cancel()
@@ -147,6 +175,29 @@ class LLMTap:
             self._watcher = _background(
                 lambda: reload.watch(path, stamp, self._swap_rules), "llmtap rules watcher"
             )
+
+    def _check_api_options(self) -> None:
+        value = ctx.options.llmtap_api
+        if not value:
+            return
+        try:
+            host, _ = api.parse_listen(value)
+        except ValueError as e:
+            raise exceptions.OptionsError(f"llmtap_api: {e}") from e
+        if not api.is_loopback(host) and not ctx.options.llmtap_api_key:
+            raise exceptions.OptionsError(f"llmtap_api: {value} is not loopback; set llmtap_api_key too")
+
+    async def _start_api(self) -> None:
+        host, port = api.parse_listen(ctx.options.llmtap_api)
+        key = "" if api.is_loopback(host) and not ctx.options.llmtap_api_key else ctx.options.llmtap_api_key
+        server = api.Server(host, port, key, self.service.handle)
+        try:
+            await server.start()
+        except OSError as e:  # a warning: the proxy itself is fine without its API
+            logger.warning(f"llmtap: local API not started on {host}:{port}: {e}")
+            return
+        self.api_server = server
+        logger.info(f"llmtap: local API at http://{host}:{server.port}")
 
     async def _handoff_loop(self) -> None:
         """Captures of a quiet moment still reach the writer promptly."""
@@ -427,6 +478,7 @@ class LLMTap:
             c.response_body = resp.raw_content or b""
         c.latency_ms = (end - c.started) * 1000
         c.error = error
+        self.service.remember(c.meta.request_id)
         if call.charge and c.status is not None and 200 <= c.status < 300:
             self._charge_later(call)
         if self.store is not None:

@@ -36,7 +36,18 @@ def run(db: Path, say: Callable[[str], None] = print) -> int:
     with tempfile.TemporaryDirectory() as tmp, FakeProvider() as fake:
         say(f"fake provider (a local demo stand-in, not a real model) at {fake.url}")
         proxy = proxyproc.start(
-            ["--mode", f"reverse:{fake.url}", "--set", f"llmtap_db={db}", "--set", "flow_detail=0"],
+            [
+                "--mode",
+                f"reverse:{fake.url}",
+                "--set",
+                f"llmtap_db={db}",
+                "--set",
+                "flow_detail=0",
+                "--set",
+                f"llmtap_cache={Path(tmp) / 'cache.sqlite'}",
+                "--set",
+                "llmtap_api=127.0.0.1:0",
+            ],
             Path(tmp),
         )
         say(f"llmtap proxy (mitmdump -s addon/tap.py, gateway mode) at {proxy.url}\n")

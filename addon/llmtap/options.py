@@ -72,6 +72,21 @@ def register(loader: Any) -> None:
         "Size bound of the response cache; past it the least recently used entries are evicted.",
     )
     loader.add_option(
+        "llmtap_api",
+        str,
+        os.environ.get("LLMTAP_API", "127.0.0.1:8788"),
+        """
+        host:port of the local API (feedback, scores, properties, async logging), served by the
+        proxy process; empty turns it off (env LLMTAP_API). Off loopback it needs llmtap_api_key.
+        """,
+    )
+    loader.add_option(
+        "llmtap_api_key",
+        str,
+        os.environ.get("LLMTAP_API_KEY", ""),
+        "Bearer key the local API requires (env LLMTAP_API_KEY); required when not on loopback.",
+    )
+    loader.add_option(
         "llmtap_queue_size",
         int,
         10_000,

@@ -106,6 +106,32 @@ class Capture:
     retries: int | None = None  # set when llmtap made the attempts itself
     attempts: list[dict[str, Any]] | None = None
     fallback_index: int | None = None
+    source: str = "proxy"  # 'async' for calls logged after the fact through the local API
+
+
+@dataclass(frozen=True, slots=True)
+class Feedback:
+    request_id: str
+    rating: bool
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Score:
+    request_id: str
+    name: str
+    value: int
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PropertyUpdate:
+    request_id: str
+    key: str
+    value: str
+
+
+Annotation = Feedback | Score | PropertyUpdate
 
 
 def to_row(c: Capture) -> tuple[Any, ...]:
@@ -118,7 +144,7 @@ def to_row(c: Capture) -> tuple[Any, ...]:
     common = dict(
         request_id=c.meta.request_id,
         created_at=datetime.fromtimestamp(c.started, UTC),
-        source="proxy",
+        source=c.source,
         provider=c.provider,
         api=c.api,
         endpoint=c.endpoint,

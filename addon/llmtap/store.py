@@ -18,6 +18,7 @@ unavailable) and the calls in flight at that moment.
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -32,7 +33,18 @@ import duckdb
 
 from .cachestore import CacheStore, Entry
 from .migrations import migrate
-from .record import COLUMNS, TYPES, Capture, as_row, decoded_response, to_row
+from .record import (
+    COLUMNS,
+    TYPES,
+    Annotation,
+    Capture,
+    Feedback,
+    PropertyUpdate,
+    Score,
+    as_row,
+    decoded_response,
+    to_row,
+)
 from .tee import client_view_of
 
 logger = logging.getLogger(__name__)
@@ -77,6 +89,7 @@ class Store:
         self.stats = Stats()
         self._queue: Any = source if source is not None else queue.Queue(maxsize=queue_size)
         self._pending: deque[tuple[Any, ...]] = deque()
+        self._annotations: list[Annotation] = []  # feedback, scores, properties: applied after the rows
         self._thread: threading.Thread | None = None
         self._migrated = False
         self._locked = False  # the last write failed on another process's lock (worth waiting for)
@@ -158,7 +171,10 @@ class Store:
             except queue.Empty:
                 return items, False
 
-    def _convert(self, capture: Capture) -> None:
+    def _convert(self, capture: Capture | Annotation) -> None:
+        if not isinstance(capture, Capture):
+            self._annotations.append(capture)
+            return
         try:
             row = to_row(capture)
         except Exception as e:
@@ -212,7 +228,8 @@ class Store:
     def flush(self) -> bool:
         """Write every pending row in one transaction; on failure keep them for the next try."""
         rows = list(self._pending)
-        if not rows and self._migrated:
+        notes = list(self._annotations)
+        if not rows and not notes and self._migrated:
             return True
         try:
             # One DuckDB thread: a batch insert needs no more, and the proxy needs the other cores.
@@ -223,6 +240,7 @@ class Store:
                 for start in range(0, len(rows), self.batch_size):
                     part = rows[start : start + self.batch_size]
                     conn.execute(_INSERT, [list(col) for col in zip(*part, strict=True)])
+                _annotate(conn, notes)
                 conn.execute("COMMIT")
         except Exception as e:
             self._locked = isinstance(e, duckdb.IOException) and "lock" in str(e).lower()
@@ -237,6 +255,7 @@ class Store:
             return False
         for _ in rows:
             self._pending.popleft()
+        del self._annotations[: len(notes)]
         self.stats.written += len(rows)
         if self.on_flush is not None:
             self.on_flush(self.stats)
@@ -250,6 +269,23 @@ class Store:
         self._last_warning[key] = now
         level = logging.ERROR if now - self._started > 5 else logging.WARNING
         logger.log(level, message)
+
+
+def _annotate(conn: duckdb.DuckDBPyConnection, notes: list[Annotation]) -> None:
+    """Feedback, scores and late properties, in the same transaction as (and after) the rows."""
+    feedback = [(n.request_id, n.rating, n.at) for n in notes if isinstance(n, Feedback)]
+    scores = [(n.request_id, n.name, n.value, n.at) for n in notes if isinstance(n, Score)]
+    if feedback:
+        conn.executemany("INSERT INTO feedback VALUES (?, ?, ?)", feedback)
+    if scores:
+        conn.executemany("INSERT INTO scores VALUES (?, ?, ?, ?)", scores)
+    for n in notes:
+        if isinstance(n, PropertyUpdate):
+            conn.execute(
+                "UPDATE requests SET properties = json_merge_patch(coalesce(properties, '{}'), ?::JSON)"
+                " WHERE request_id = ?",
+                [json.dumps({n.key: n.value}), n.request_id],
+            )
 
 
 def _bare_row(c: Capture, error: str) -> tuple[Any, ...]:

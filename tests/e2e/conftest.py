@@ -6,7 +6,9 @@ SIGTERM, so the addon's `done` flushes the writer before rows are read.
 
 from __future__ import annotations
 
+import re
 import socket
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,15 @@ class Proxy:
     def log(self) -> str:
         return self.proc.output()
 
+    @property
+    def api(self) -> str:
+        """The local API's base URL, from the proxy's log (it listens on a free port in tests)."""
+        deadline = time.monotonic() + 10
+        while (m := re.search(r"local API at (http://\S+)", self.log())) is None:
+            assert time.monotonic() < deadline, self.log()
+            time.sleep(0.05)
+        return m.group(1)
+
     def rows(self, where: str = "TRUE", params: list[Any] | None = None) -> list[dict[str, Any]]:
         """Rows as dicts, read once the proxy has stopped (and flushed)."""
         if self.proc.proc.poll() is None:
@@ -65,10 +76,15 @@ def start_proxy(tmp_path: Path) -> Iterator[Callable[..., Proxy]]:
         work = tmp_path / f"proxy{n}"
         db = db or tmp_path / f"llmtap{n}.duckdb"
         cache = cache or tmp_path / f"cache{n}.sqlite"
-        settings = {"llmtap_db": db, "llmtap_cache": cache, "llmtap_flush_ms": flush_ms}
-        proc = proxyproc.start(
-            [*(a for k, v in settings.items() for a in ("--set", f"{k}={v}")), *args], work
-        )
+        settings = {
+            "llmtap_db": db,
+            "llmtap_cache": cache,
+            "llmtap_flush_ms": flush_ms,
+            "llmtap_api": "127.0.0.1:0",
+        }
+        given = {a.split("=", 1)[0] for a in args if "=" in a}  # a test's own --set wins (no duplicates)
+        defaults = [a for k, v in settings.items() if k not in given for a in ("--set", f"{k}={v}")]
+        proc = proxyproc.start([*defaults, *args], work)
         proxy = Proxy(proc, db, work / "conf", cache)
         started.append(proxy)
         return proxy

@@ -82,7 +82,8 @@ def test_migrate_blank(db: duckdb.DuckDBPyConnection) -> None:
         "request_id": "VARCHAR", "rating": "BOOLEAN", "created_at": "TIMESTAMP WITH TIME ZONE"
     }  # fmt: skip
     assert columns(db, "scores") == {
-        "request_id": "VARCHAR", "name": "VARCHAR", "value": "BIGINT", "created_at": "TIMESTAMP WITH TIME ZONE"
+        "request_id": "VARCHAR", "name": "VARCHAR", "value": "BIGINT",
+        "created_at": "TIMESTAMP WITH TIME ZONE",
     }  # fmt: skip
     assert applied(db) == names
     assert pending(db) == []

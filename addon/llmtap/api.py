@@ -1,0 +1,184 @@
+"""The local API, served by the proxy process (which owns the database through its writer).
+
+Helicone-compatible routes, on their own port (`llmtap_api`, default 127.0.0.1:8788):
+- `POST /v1/request/{id}/feedback`  `{"rating": true}`                      -> 201
+- `POST /v1/request/{id}/score`     `{"scores": {"accuracy": 92, "is_safe": true}}` -> 201
+- `PUT  /v1/request/{id}/property`  `{"key": "...", "value": "..."}`        -> 200
+- `POST /custom/v1/log`             Helicone's async-log body               -> 200, `helicone-id`
+- `GET  /v1/health`                                                         -> 200
+Scores are integers or booleans (booleans stored as 1 / 0), as Helicone; a float, an unknown
+request id, bad JSON, an unknown route or a body over 10 MB gets a JSON error. Bound to loopback it
+needs no key; bound elsewhere every call needs `Authorization: Bearer <llmtap_api_key>`.
+
+A deliberately small HTTP/1.1 server on asyncio (one request per connection), so the proxy
+needs no web framework. Handlers are plain functions of (method, path, JSON) -> (status, JSON).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY = 10 * 1024 * 1024
+_REQUEST_ROUTE = re.compile(r"^/v1/request/([^/]+)/(feedback|score|property)$")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(slots=True)
+class Reply:
+    status: int
+    body: Any
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+Handler = Callable[[str, str, Any], Awaitable[Reply]]
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """`host:port` (port 0: any free port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"expected host:port like 127.0.0.1:8788, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def route(method: str, path: str) -> tuple[str, str | None]:
+    """(route name, request id) or ApiError 404/405."""
+    path = path.split("?", 1)[0].rstrip("/")
+    m = _REQUEST_ROUTE.match(path)
+    if m:
+        expected = "PUT" if m.group(2) == "property" else "POST"
+        if method != expected:
+            raise ApiError(405, f"{method} {path}: use {expected}")
+        return m.group(2), m.group(1)
+    if path in ("/custom/v1/log", "/oai/v1/log", "/anthropic/v1/log", "/googleapis/v1/log"):
+        if method != "POST":
+            raise ApiError(405, f"{method} {path}: use POST")
+        return "log", None
+    if path == "/v1/health":
+        return "health", None
+    raise ApiError(404, f"no route {method} {path}")
+
+
+def rating(body: Any) -> bool:
+    value = body.get("rating") if isinstance(body, dict) else None
+    if not isinstance(value, bool):
+        raise ApiError(400, f"rating: expected true or false, got {value!r}")
+    return value
+
+
+def scores(body: Any) -> dict[str, int]:
+    data = body.get("scores") if isinstance(body, dict) else None
+    if not isinstance(data, dict) or not data:
+        raise ApiError(400, 'scores: expected an object like {"accuracy": 92, "is_safe": true}')
+    out = {}
+    for name, value in data.items():
+        if isinstance(value, bool):
+            out[name] = int(value)
+        elif isinstance(value, int):
+            out[name] = value
+        else:
+            raise ApiError(400, f"scores.{name}: expected an integer or a boolean, got {value!r}")
+    return out
+
+
+def property_update(body: Any) -> tuple[str, str]:
+    if not isinstance(body, dict) or not isinstance(body.get("key"), str) or not body["key"]:
+        raise ApiError(400, 'expected {"key": "name", "value": "text"}')
+    value = body.get("value")
+    if not isinstance(value, str | int | float | bool):
+        raise ApiError(400, f"value: expected a string, got {value!r}")
+    return body["key"].lower(), str(value)
+
+
+class Server:
+    def __init__(self, host: str, port: int, key: str, handler: Handler) -> None:
+        self.host, self.port, self.key, self.handler = host, port, key, handler
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            reply = await self._handle(reader)
+        except ApiError as e:
+            reply = Reply(e.status, {"error": {"message": str(e), "status": e.status}})
+        except Exception as e:  # a bug here must not take the proxy down
+            logger.exception("llmtap: local API request failed")
+            reply = Reply(500, {"error": {"message": f"internal error: {e}", "status": 500}})
+        try:
+            writer.write(_encode(reply))
+            await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def _handle(self, reader: asyncio.StreamReader) -> Reply:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError) as e:
+            raise ApiError(400, "malformed HTTP request") from e
+        lines = head.decode("latin-1").split("\r\n")
+        try:
+            method, target, _ = lines[0].split(" ", 2)
+        except ValueError:
+            raise ApiError(400, "malformed request line") from None
+        headers = {
+            k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)
+        }
+        if self.key and not hmac.compare_digest(headers.get("authorization", ""), f"Bearer {self.key}"):
+            raise ApiError(401, "missing or wrong Authorization: Bearer <llmtap_api_key>")
+        length = int(headers.get("content-length") or 0)
+        if length > MAX_BODY:
+            await _discard(reader, length)  # so the client reads our answer instead of a reset
+            raise ApiError(413, f"body of {length} bytes is over the 10 MB limit")
+        raw = await reader.readexactly(length) if length else b""
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError as e:
+            raise ApiError(400, f"body is not valid JSON: {e}") from None
+        return await self.handler(method.upper(), target, body)
+
+
+async def _discard(reader: asyncio.StreamReader, length: int, limit: int = 8 * MAX_BODY) -> None:
+    left = min(length, limit)
+    while left > 0:
+        chunk = await reader.read(min(left, 1 << 16))
+        if not chunk:
+            return
+        left -= len(chunk)
+
+
+def _encode(reply: Reply) -> bytes:
+    data = json.dumps(reply.body).encode()
+    reason = {200: "OK", 201: "Created", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+              405: "Method Not Allowed", 413: "Payload Too Large", 500: "Internal Server Error"}  # fmt: skip
+    head = [f"HTTP/1.1 {reply.status} {reason.get(reply.status, 'OK')}", "content-type: application/json",
+            f"content-length: {len(data)}", "connection: close"]  # fmt: skip
+    head += [f"{k}: {v}" for k, v in reply.headers.items()]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + data

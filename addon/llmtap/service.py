@@ -1,0 +1,87 @@
+"""What the local API does: turn its requests into records for the writer.
+
+Kept apart from api.py (HTTP) and addon.py (hooks) so it is plain Python over plain data. A
+request id is known if this proxy logged it recently (ids it handed to the writer) or if the
+database has it; the database look-up runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from . import api, asynclog, headers, providers, query
+from .record import Annotation, Capture, Feedback, PropertyUpdate, Score
+
+RECENT = 200_000
+
+
+class Service:
+    def __init__(
+        self,
+        submit: Callable[[Capture | Annotation], bool],
+        db_path: Callable[[], str],
+        extra_providers: Callable[[], dict[str, providers.Provider]],
+        store_limit: Callable[[], int],
+    ) -> None:
+        self.submit, self.db_path = submit, db_path
+        self.extra_providers, self.store_limit = extra_providers, store_limit
+        self.recent: OrderedDict[str, None] = OrderedDict()
+
+    def remember(self, request_id: str) -> None:
+        self.recent[request_id] = None
+        if len(self.recent) > RECENT:
+            self.recent.popitem(last=False)
+
+    async def handle(self, method: str, path: str, body: Any) -> api.Reply:
+        name, request_id = api.route(method, path)
+        if name == "health":
+            return api.Reply(200, {"ok": True})
+        if name == "log":
+            c = asynclog.capture(body, self.extra_providers(), self.store_limit())
+            self._submit(c)
+            self.remember(c.meta.request_id)
+            return api.Reply(200, {"ok": True, "id": c.meta.request_id}, {"helicone-id": c.meta.request_id})
+        assert request_id is not None
+        valid = headers.valid_uuid(request_id) or request_id
+        if not await self.known(valid):
+            raise api.ApiError(404, f"no request with id {request_id!r}")
+        now = datetime.now(UTC)
+        if name == "feedback":
+            rating = api.rating(body)
+            self._submit(Feedback(valid, rating, now))
+            return api.Reply(201, {"id": valid, "rating": rating})
+        if name == "score":
+            scores = api.scores(body)
+            for key, value in scores.items():
+                self._submit(Score(valid, key, value, now))
+            return api.Reply(201, {"id": valid, "scores": scores})
+        key, value = api.property_update(body)
+        self._submit(PropertyUpdate(valid, key, value))
+        return api.Reply(200, {"id": valid, "property": {key: value}})
+
+    def _submit(self, item: Capture | Annotation) -> None:
+        if not self.submit(item):
+            raise api.ApiError(500, "the writer is not keeping up; the record was dropped")
+
+    async def known(self, request_id: str) -> bool:
+        if request_id in self.recent:
+            return True
+        return await asyncio.to_thread(_in_db, self.db_path(), request_id)
+
+
+def _in_db(path: str, request_id: str) -> bool:
+    try:
+        conn = query.connect(path, wait=5)
+    except query.QueryError:
+        return False
+    try:
+        return (
+            conn.execute("SELECT 1 FROM requests WHERE request_id = ? LIMIT 1", [request_id]).fetchone()
+            is not None
+        )
+    finally:
+        conn.close()
