@@ -431,7 +431,9 @@ class LLMTap:
         if _is_event_stream(reply.header_map()) and c.strip_usage and 200 <= reply.status < 300:
             body = client_view_of(body)
         flow.response = http.Response.make(
-            reply.status, body, [(k.encode(), v.encode()) for k, v in reply.headers]
+            reply.status,
+            body,
+            [(k.encode("latin-1"), v.encode("latin-1", "replace")) for k, v in reply.headers],
         )
         if out.fallback_index is not None:
             flow.response.headers["helicone-fallback-index"] = str(out.fallback_index)

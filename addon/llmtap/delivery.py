@@ -125,6 +125,6 @@ def fallbacks_for(headers: Mapping[str, str], rule: tuple[Fallback, ...]) -> tup
     except ValueError as e:
         raise HeaderError("Helicone-Fallbacks", f"not valid JSON: {e}") from None
     try:
-        return fallbacks_policy(data, "Helicone-Fallbacks")
-    except PolicyError as e:
-        raise HeaderError("Helicone-Fallbacks", f"{e.field}: {e.reason}") from None
+        return fallbacks_policy(data, "")
+    except PolicyError as e:  # field is "" for the list itself, else like "[0].target-url"
+        raise HeaderError("Helicone-Fallbacks", f"{e.field}: {e.reason}" if e.field else e.reason) from None

@@ -136,9 +136,10 @@ def rate_limit_policy(data: Any, where: str) -> RateLimitPolicy:
     _only(data, {"quota", "window", "unit", "segment"}, where)
     if "quota" not in data or "window" not in data:
         raise PolicyError(where, "needs quota and window, e.g. {quota: 100, window: 60s}")
-    quota = _number(data["quota"], f"{where}.quota", 0)
-    if quota <= 0:
-        raise PolicyError(f"{where}.quota", f"expected a number above 0, got {data['quota']!r}")
+    raw_quota = data["quota"]
+    if isinstance(raw_quota, bool) or not isinstance(raw_quota, int | float) or not raw_quota > 0:
+        raise PolicyError(f"{where}.quota", f"expected a number above 0, got {raw_quota!r}")
+    quota = _number(raw_quota, f"{where}.quota", 0)
     window = duration(data["window"], f"{where}.window", "60s")
     if not 60 <= window <= 31_536_000:
         raise PolicyError(f"{where}.window", f"expected a duration from 60s to 365d, got {data['window']!r}")
@@ -209,8 +210,13 @@ def _fallback(data: Any, where: str) -> Fallback:
         raise PolicyError(
             f"{where}.headers", f"expected a mapping of header names to strings, got {headers!r}"
         )
+    listed = data.get("onCodes", [])
+    if not isinstance(listed, list):
+        raise PolicyError(
+            f"{where}.onCodes", f"expected a list of statuses or {{from, to}} ranges, got {listed!r}"
+        )
     codes = []
-    for j, code in enumerate(data.get("onCodes", [])):
+    for j, code in enumerate(listed):
         if isinstance(code, int) and not isinstance(code, bool):
             codes.append((code, code))
         elif (

@@ -20,6 +20,7 @@ worker thread.
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -30,6 +31,8 @@ from .headers import HeaderError
 from .policies import PolicyError, RateLimitPolicy, rate_limit_policy
 
 HEADER = "Helicone-RateLimit-Policy"
+_QUOTA = re.compile(r"^\d+(\.\d+)?$")
+_SEGMENT = re.compile(r"^[\w-]+$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,16 +80,19 @@ def parse_header(value: str) -> RateLimitPolicy:
     """Helicone's grammar, `100;w=60;u=request;s=user`; quota may be decimal."""
     parts = [p.strip() for p in value.split(";")]
     fields: dict[str, object] = {}
-    try:
-        fields["quota"] = float(parts[0])
-    except ValueError:
-        raise HeaderError(HEADER, f"expected quota;w=seconds[;u=unit][;s=segment], got {value!r}") from None
+    if not _QUOTA.match(parts[0]):
+        raise HeaderError(HEADER, f"expected quota;w=seconds[;u=unit][;s=segment], got {value!r}")
+    fields["quota"] = float(parts[0])
     names = {"w": "window", "u": "unit", "s": "segment"}
     for part in parts[1:]:
         k, sep, v = part.partition("=")
-        if not sep or k.strip() not in names or names[k.strip()] in fields:
+        k = k.strip().lower()  # Helicone's grammar is case-insensitive
+        if not sep or k not in names or names[k] in fields:
             raise HeaderError(HEADER, f"unexpected part {part!r} in {value!r} (expected w=, u=, s=)")
-        fields[names[k.strip()]] = v.strip()
+        fields[names[k]] = v.strip().lower() if k == "u" else v.strip()
+    segment = fields.get("segment")
+    if segment is not None and not _SEGMENT.match(str(segment)):
+        raise HeaderError(HEADER, f"s must be user or a property name ([A-Za-z0-9_-]), got {segment!r}")
     if "window" not in fields:
         raise HeaderError(HEADER, f"missing w=<seconds> in {value!r}")
     window = str(fields["window"])

@@ -50,7 +50,7 @@ def provider_wait(headers: Mapping[str, str], now: Callable[[], float] = time.ti
                 value = parsedate_to_datetime(raw).timestamp() - now()
             except (TypeError, ValueError):
                 value = None
-    if value is None or value < 0 or value > MAX_PROVIDER_WAIT:
+    if value is None or not math.isfinite(value) or value < 0 or value > MAX_PROVIDER_WAIT:
         return None
     return value
 
@@ -91,7 +91,8 @@ def policy_for(headers: Mapping[str, str], rule: RetryPolicy | None) -> RetryPol
     if enabled == "false" or (rule is None and enabled != "true"):
         return None
     base = rule or RetryPolicy()
-    num = _header_number(headers, "helicone-retry-num", base.num, 1, 20, whole=True)
+    # Helicone counts attempts in all; `Helicone-Retry-Num: 0` means no retries, like 1.
+    num = max(1, _header_number(headers, "helicone-retry-num", base.num, 0, 20, whole=True))
     factor = _header_number(headers, "helicone-retry-factor", base.factor, 1, 10)
     low = _header_number(headers, "helicone-retry-min-timeout", base.min_timeout * 1000, 0, 600_000) / 1000
     high = _header_number(headers, "helicone-retry-max-timeout", base.max_timeout * 1000, 0, 600_000) / 1000

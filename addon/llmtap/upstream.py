@@ -66,7 +66,7 @@ def _send(
         conn.putrequest(method, path, skip_accept_encoding=True)
         for name, value in headers:
             if name.lower() not in HOP_BY_HOP:
-                conn.putheader(name, value)
+                conn.putheader(name, value.encode("latin-1", "replace"))  # header bytes as mitmproxy had them
         conn.putheader("Content-Length", str(len(body)))
         conn.endheaders(body)
         resp = conn.getresponse()
@@ -74,7 +74,7 @@ def _send(
         reply = Reply(
             resp.status, [(k, v) for k, v in resp.getheaders() if k.lower() not in HOP_BY_HOP], data
         )
-    except (OSError, http.client.HTTPException) as e:
+    except (OSError, http.client.HTTPException, ValueError) as e:  # ValueError: a header http.client refuses
         reply = Reply(None, error=f"{type(e).__name__}: {e}")
     finally:
         conn.close()

@@ -15,7 +15,7 @@ from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
 from llmtap import addon as addon_module
-from llmtap import cache, headers, providers
+from llmtap import cache, headers, providers, ratelimit
 from llmtap.addon import LLMTap
 from llmtap.cachestore import CacheStore, Entry
 from llmtap.policies import CachePolicy
@@ -602,3 +602,157 @@ def test_without_a_cache_store_a_read_is_a_miss(tap: Tap) -> None:
     receive(a, f, respond())
     assert f.response is not None and f.response.headers["helicone-cache"] == "MISS"
     assert store.submitted[0].cache_save is not None
+
+
+# -- rate limits --
+
+ONE_A_MINUTE = (("Helicone-RateLimit-Policy", "1;w=60"),)
+ANTHROPIC_BODY = samples.dumps(
+    {"model": "claude-3-5-sonnet-latest", "max_tokens": 64, "messages": [{"role": "user", "content": "Hi"}]}
+)
+LIMITED = "llmtap: rate limited by Helicone-RateLimit-Policy (1;w=60); retry after 60 s"
+RATE_LIMIT = "rate_limit_error"  # what the openai and anthropic SDKs turn into RateLimitError
+
+
+@pytest.fixture
+def limited(tap: Tap) -> Tap:
+    """Buckets on a frozen clock, so nothing refills between calls."""
+    tap[0].buckets = ratelimit.MemoryBuckets(lambda: 1000.0)
+    return tap
+
+
+def rate_headers(resp: http.Response | None) -> dict[str, str]:
+    assert resp is not None
+    wanted = ("helicone-ratelimit-", "retry-after", "x-helicone-error")
+    return {k.lower(): v for k, v in resp.headers.items() if k.lower().startswith(wanted)}
+
+
+@pytest.mark.parametrize(
+    "host, path, body, reply, error",
+    [
+        (
+            "api.openai.com", "/v1/chat/completions", CHAT_BODY, samples.openai_chat_json(),
+            {"error": {"message": LIMITED, "type": RATE_LIMIT, "param": None, "code": RATE_LIMIT}},
+        ),
+        (
+            "api.anthropic.com", "/v1/messages", ANTHROPIC_BODY, samples.ANTHROPIC_JSON,
+            {"type": "error", "error": {"type": RATE_LIMIT, "message": LIMITED}},
+        ),
+    ],
+)  # fmt: skip
+def test_a_call_over_its_limit_is_answered_with_a_429(
+    limited: Tap, host: str, path: str, body: bytes, reply: dict[str, object], error: dict[str, object]
+) -> None:
+    a, _, store = limited
+    first = request(host=host, path=path, body=body, extra=ONE_A_MINUTE)
+    send(a, first)
+    assert first.response is None, "allowed: the call goes upstream"
+    assert "helicone-ratelimit-policy" not in first.request.headers
+    receive(a, first, respond(body=samples.dumps(reply)))
+    assert rate_headers(first.response) == {
+        "helicone-ratelimit-limit": "1",
+        "helicone-ratelimit-remaining": "0",
+        "helicone-ratelimit-policy": "1;w=60",
+        "helicone-ratelimit-reset": "60",
+    }
+
+    second = request(host=host, path=path, body=body, extra=ONE_A_MINUTE)
+    send(a, second)
+    resp = second.response
+    assert resp is not None and resp.status_code == 429, (
+        "answered by the request hook: never reaches upstream"
+    )
+    assert resp.headers["content-type"] == "application/json"
+    assert json.loads(resp.content or b"") == error
+    assert rate_headers(resp) == {
+        "helicone-ratelimit-limit": "1",
+        "helicone-ratelimit-remaining": "0",
+        "helicone-ratelimit-policy": "1;w=60",
+        "helicone-ratelimit-reset": "60",
+        "retry-after": "60",
+        "x-helicone-error": "rate_limited",
+    }
+    drive(a.response(second))  # mitmproxy skips responseheaders for a response set in `request`
+    allowed, denied = store.submitted
+    assert (allowed.status, allowed.rate_limited) == (200, False)
+    assert (denied.status, denied.rate_limited) == (429, True)
+    assert a.calls == {} and a.hook_errors == 0
+
+
+def test_a_user_segmented_limit_counts_each_user(limited: Tap) -> None:
+    a, _, _ = limited
+    policy = ("Helicone-RateLimit-Policy", "1;w=60;s=user")
+    statuses = []
+    for user in ("alice", "alice", "bob"):
+        f = request(extra=(policy, ("Helicone-User-Id", user)))
+        send(a, f)
+        statuses.append(f.response.status_code if f.response else None)
+    assert statuses == [None, 429, None]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ((("Helicone-RateLimit-Policy", "10;w=30"),),
+         "Helicone-RateLimit-Policy: w must be whole seconds from 60 to 31536000, got '30'"),
+        ((("Helicone-RateLimit-Policy", "ten;w=60"),),
+         "Helicone-RateLimit-Policy: expected quota;w=seconds[;u=unit][;s=segment], got 'ten;w=60'"),
+        ((("Helicone-RateLimit-Policy", "10;w=60;s=user"),),
+         "Helicone-RateLimit-Policy: segment s=user needs a Helicone-User-Id header on the request"),
+        ((("Helicone-RateLimit-Policy", "10;w=60;s=team"), ("Helicone-User-Id", "alice")),
+         "Helicone-RateLimit-Policy: segment s=team needs a Helicone-Property-team header on the request"),
+    ],
+)  # fmt: skip
+def test_a_bad_rate_limit_policy_is_a_400_naming_it(
+    limited: Tap, extra: tuple[tuple[str, str], ...], message: str
+) -> None:
+    a, _, store = limited
+    f = request(extra=extra)
+    send(a, f)
+    assert f.response is not None and f.response.status_code == 400
+    assert json.loads(f.response.content or b"") == {
+        "error": {
+            "message": message,
+            "type": "invalid_request_error",
+            "param": "Helicone-RateLimit-Policy",
+            "code": "invalid_request_error",
+        }
+    }
+    assert [k for k in f.request.headers if k.lower().startswith("helicone-")] == []
+    drive(a.response(f))
+    [c] = store.submitted
+    assert (c.status, c.rate_limited) == (400, False)
+    assert a.hook_errors == 0
+
+
+def test_a_tokens_limit_is_charged_with_the_real_usage(limited: Tap) -> None:
+    a, _, _ = limited
+    policy = (("Helicone-RateLimit-Policy", "1000;w=60;u=tokens"),)
+    first = request(extra=policy)
+    send(a, first)
+    assert first.response is None
+    receive(a, first, respond())  # usage: 1200 + 300 tokens
+    assert rate_headers(first.response)["helicone-ratelimit-remaining"] == "1000", "charged after the call"
+
+    second = request(extra=policy)
+    send(a, second)
+    assert second.response is not None and second.response.status_code == 429, "1000 - 1500 tokens left"
+    assert rate_headers(second.response)["helicone-ratelimit-policy"] == "1000;w=60;u=tokens"
+
+
+def test_a_rule_limit_without_its_segment_is_one_shared_bucket(limited: Tap, tmp_path: Path) -> None:
+    a, tctx, _ = limited
+    path = tmp_path / "rules.yaml"
+    path.write_text("rules:\n  - name: per-user\n    rate_limit: {quota: 1, window: 60s, segment: user}\n")
+    tctx.configure(a, llmtap_rules=str(path))
+    responses = []
+    for extra in ((), (), (("Helicone-User-Id", "alice"),)):
+        f = request(extra=extra)
+        send(a, f)
+        responses.append(f.response)
+    anonymous, again, alice = responses
+    assert anonymous is None and alice is None
+    assert again is not None and again.status_code == 429
+    assert json.loads(again.content or b"")["error"]["message"] == (
+        "llmtap: rate limited by rule per-user (1;w=60;s=user); retry after 60 s"
+    )

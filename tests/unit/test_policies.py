@@ -9,11 +9,14 @@ import pytest
 from llmtap.policies import (
     DEFAULT_CACHE_TTL,
     CachePolicy,
+    Fallback,
     PolicyError,
     RateLimitPolicy,
     RetryPolicy,
     cache_policy,
     duration,
+    expand_env,
+    fallbacks_policy,
     rate_limit_policy,
     retry_policy,
 )
@@ -204,9 +207,9 @@ SEGMENT = "expected 'user' or a property name"
          "unknown key (expected quota, segment, unit, window)"),
         # quota > 0, a number
         ({"quota": 0, "window": 60}, f"{R}.quota", "expected a number above 0, got 0"),
-        ({"quota": -1, "window": 60}, f"{R}.quota", "expected a number at least 0, got -1"),
-        ({"quota": "100", "window": 60}, f"{R}.quota", "expected a number at least 0, got '100'"),
-        ({"quota": True, "window": 60}, f"{R}.quota", "expected a number at least 0, got True"),
+        ({"quota": -1, "window": 60}, f"{R}.quota", "expected a number above 0, got -1"),
+        ({"quota": "100", "window": 60}, f"{R}.quota", "expected a number above 0, got '100'"),
+        ({"quota": True, "window": 60}, f"{R}.quota", "expected a number above 0, got True"),
         # window: 60s to 365d
         ({"quota": 1, "window": "soon"}, f"{R}.window", "expected a duration like '60s', got 'soon'"),
         ({"quota": 1, "window": "59s"}, f"{R}.window", "expected a duration from 60s to 365d, got '59s'"),
@@ -318,3 +321,142 @@ def test_policies_are_frozen() -> None:
     policy = cache_policy({}, "c")
     with pytest.raises(AttributeError, match="ttl"):
         policy.ttl = 1.0  # type: ignore[misc]
+
+
+# -- fallbacks (Helicone-Fallbacks entries, also a rule's fallbacks:) --
+
+
+@pytest.mark.parametrize(
+    "data, expected",
+    [
+        # only the target is required; a trailing slash is dropped (the request path is appended)
+        ([{"target-url": "https://api.groq.com/openai/"}], (Fallback("https://api.groq.com/openai"),)),
+        ([{"target-url": "http://localhost:8000"}], (Fallback("http://localhost:8000"),)),
+        # every field, Helicone's shape
+        (
+            [{"target-url": "https://api.lemonfox.ai", "headers": {"Authorization": "Bearer ${LEMONFOX_KEY}"},
+              "onCodes": [401, {"from": 500, "to": 599}], "bodyKeyOverride": {"model": "zephyr", "n": 1}}],
+            (Fallback("https://api.lemonfox.ai", (("Authorization", "Bearer ${LEMONFOX_KEY}"),),
+                      ((401, 401), (500, 599)), (("model", "zephyr"), ("n", 1))),),
+        ),
+        # entries keep their order; empty fields are allowed
+        (
+            [{"target-url": "https://a.example", "headers": {}, "onCodes": [], "bodyKeyOverride": {}},
+             {"target-url": "https://b.example"}],
+            (Fallback("https://a.example"), Fallback("https://b.example")),
+        ),
+    ],
+)  # fmt: skip
+def test_fallbacks_policy(data: Any, expected: tuple[Fallback, ...]) -> None:
+    assert fallbacks_policy(data, "f") == expected
+
+
+F = "rules[0].fallbacks"
+FALLBACK_KEYS = "unknown key (expected bodyKeyOverride, headers, onCodes, target-url)"
+URL = "expected an http(s) URL"
+CODE = "expected a status or {from, to}"
+
+
+@pytest.mark.parametrize(
+    "data, field, reason",
+    [
+        # not a non-empty list
+        (None, F, "expected a non-empty list of fallback entries, got None"),
+        ([], F, "expected a non-empty list of fallback entries, got []"),
+        ({"target-url": "https://a"}, F,
+         "expected a non-empty list of fallback entries, got {'target-url': 'https://a'}"),
+        # entries are mappings with known keys
+        (["https://a"], f"{F}[0]", "expected a mapping, got 'https://a'"),
+        ([{"target-url": "https://a"}, {"target_url": "https://b"}], f"{F}[1].target_url", FALLBACK_KEYS),
+        # target-url
+        ([{}], f"{F}[0].target-url", f"{URL}, got None"),
+        ([{"target-url": "api.groq.com"}], f"{F}[0].target-url", f"{URL}, got 'api.groq.com'"),
+        ([{"target-url": "ftp://files.example"}], f"{F}[0].target-url", f"{URL}, got 'ftp://files.example'"),
+        ([{"target-url": "https://"}], f"{F}[0].target-url", f"{URL}, got 'https://'"),
+        ([{"target-url": 42}], f"{F}[0].target-url", f"{URL}, got 42"),
+        # headers: names to strings
+        ([{"target-url": "https://a", "headers": ["Authorization"]}], f"{F}[0].headers",
+         "expected a mapping of header names to strings, got ['Authorization']"),
+        ([{"target-url": "https://a", "headers": {"X-N": 1}}], f"{F}[0].headers",
+         "expected a mapping of header names to strings, got {'X-N': 1}"),
+        # onCodes: a status or an inclusive {from, to}
+        ([{"target-url": "https://a", "onCodes": ["429"]}], f"{F}[0].onCodes[0]", f"{CODE}, got '429'"),
+        ([{"target-url": "https://a", "onCodes": [429, True]}], f"{F}[0].onCodes[1]", f"{CODE}, got True"),
+        ([{"target-url": "https://a", "onCodes": [{"from": 500}]}], f"{F}[0].onCodes[0]",
+         f"{CODE}, got {{'from': 500}}"),
+        ([{"target-url": "https://a", "onCodes": [{"from": 500, "to": "599"}]}], f"{F}[0].onCodes[0]",
+         f"{CODE}, got {{'from': 500, 'to': '599'}}"),
+        ([{"target-url": "https://a", "onCodes": [{"from": 5, "to": 9, "step": 1}]}], f"{F}[0].onCodes[0]",
+         f"{CODE}, got {{'from': 5, 'to': 9, 'step': 1}}"),
+        # bodyKeyOverride
+        ([{"target-url": "https://a", "bodyKeyOverride": "zephyr"}], f"{F}[0].bodyKeyOverride",
+         "expected a mapping, got 'zephyr'"),
+    ],
+)  # fmt: skip
+def test_bad_fallbacks_policy(data: Any, field: str, reason: str) -> None:
+    with pytest.raises(PolicyError, match=exact(f"{field}: {reason}")) as info:
+        fallbacks_policy(data, F)
+    assert (info.value.field, info.value.reason) == (field, reason)
+
+
+@pytest.mark.parametrize(
+    "status, on_codes, leaves",
+    [
+        # no response always hands over
+        (None, (), True),
+        (None, ((400, 400),), True),
+        # without onCodes a response stands
+        (503, (), False),
+        # exact codes
+        (429, ((429, 429),), True),
+        (430, ((429, 429),), False),
+        # inclusive ranges
+        (500, ((500, 599),), True),
+        (599, ((500, 599),), True),
+        (499, ((500, 599),), False),
+        (600, ((500, 599),), False),
+        # any of several
+        (401, ((429, 429), (400, 403)), True),
+        (200, ((429, 429), (400, 403)), False),
+    ],
+)
+def test_fallback_leaves_on(status: int | None, on_codes: tuple[tuple[int, int], ...], leaves: bool) -> None:
+    assert Fallback("https://a", on_codes=on_codes).leaves_on(status) is leaves
+
+
+ENV = {"GROQ_API_KEY": "gsk-1", "ORG": "acme", "EMPTY": ""}
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        # whole value, inside text, several
+        ("${GROQ_API_KEY}", "gsk-1"),
+        ("Bearer ${GROQ_API_KEY}", "Bearer gsk-1"),
+        ("${ORG}/${GROQ_API_KEY}", "acme/gsk-1"),
+        ("${EMPTY}", ""),
+        # only ${NAME} is expanded
+        ("$GROQ_API_KEY", "$GROQ_API_KEY"),
+        ("${1ABC}", "${1ABC}"),
+        ("${}", "${}"),
+        ("plain", "plain"),
+        ("", ""),
+    ],
+)
+def test_expand_env(value: str, expected: str) -> None:
+    assert expand_env(value, ENV) == expected
+
+
+def test_expand_env_does_not_reexpand_values() -> None:
+    assert expand_env("${A}", {"A": "${B}", "B": "secret"}) == "${B}"
+
+
+def test_expand_env_with_a_missing_variable() -> None:
+    with pytest.raises(PolicyError, match=exact("headers: environment variable NOPE is not set")) as info:
+        expand_env("Bearer ${GROQ_API_KEY}-${NOPE}", ENV)
+    assert (info.value.field, info.value.reason) == ("headers", "environment variable NOPE is not set")
+
+
+def test_fallback_headers_are_expanded_at_use_not_when_parsed() -> None:
+    [fb] = fallbacks_policy([{"target-url": "https://a", "headers": {"Authorization": "Bearer ${K}"}}], "f")
+    assert fb.headers == (("Authorization", "Bearer ${K}"),), "no secret is held in the policy"
