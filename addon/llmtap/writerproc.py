@@ -30,6 +30,7 @@ from .store import Stats
 logger = logging.getLogger(__name__)
 
 _FIELDS = ("written", "write_errors", "row_errors", "dropped")
+_RECEIVED = len(_FIELDS)  # one more shared slot: records the child has taken off the queue
 HANDOFF_SECONDS = 0.05
 HANDOFF_BATCH = 256
 
@@ -45,10 +46,13 @@ class WriterProcess:
     ) -> None:
         self.path = path
         context = mp.get_context("spawn")
-        self._queue: Any = context.Queue(maxsize=max(4, queue_size // HANDOFF_BATCH))
+        # The bound is in records, not batches: sent minus received must stay under queue_size.
+        self._queue: Any = context.Queue()
+        self.queue_size = queue_size
+        self.sent = 0
         self._batch: list[Capture] = []
         self._batch_started = 0.0
-        self._shared: Any = context.Array("q", len(_FIELDS))
+        self._shared: Any = context.Array("q", len(_FIELDS) + 1)
         self._proc = context.Process(
             target=_child,
             args=(self._queue, self._shared, path, queue_size, flush_interval, cache_path, cache_max_bytes),
@@ -77,13 +81,14 @@ class WriterProcess:
         if not self._batch:
             return True
         batch, self._batch = self._batch, []
-        try:
-            self._queue.put_nowait(batch)
-        except queue.Full:
+        in_flight = self.sent - self._shared[_RECEIVED]
+        if in_flight + len(batch) > self.queue_size:
             self.dropped += len(batch)
             state = "is not running" if not self._proc.is_alive() else "is behind"
             logger.error(f"llmtap: the writer process {state}; {self.dropped} records dropped so far")
             return False
+        self._queue.put_nowait(batch)
+        self.sent += len(batch)
         return True
 
     def close(self, timeout: float = 30.0) -> None:
@@ -105,7 +110,7 @@ class WriterProcess:
 
     @property
     def stats(self) -> Stats:
-        values = dict(zip(_FIELDS, self._shared[:], strict=True))
+        values = dict(zip(_FIELDS, self._shared[: len(_FIELDS)], strict=True))
         values["dropped"] += self.dropped
         return Stats(queued=self.queued, **values)
 
@@ -130,7 +135,7 @@ def _child(
         pass
 
     def publish(stats: Stats) -> None:
-        shared[:] = [getattr(stats, name) for name in _FIELDS]
+        shared[: len(_FIELDS)] = [getattr(stats, name) for name in _FIELDS]
 
     cache = None
     if cache_path:
@@ -141,8 +146,27 @@ def _child(
                 f"llmtap: writer cannot open the cache {cache_path} ({e}); responses are not saved"
             )
     store = Store(
-        path, queue_size, flush_interval, cache=cache, source=source, on_flush=publish,
+        path, queue_size, flush_interval, cache=cache, source=_Counting(source, shared), on_flush=publish,
         keep_going=lambda: os.getppid() == parent,
     )  # fmt: skip
     store.run()
     publish(store.stats)
+
+
+class _Counting:
+    """The child's view of the queue: counts the records it takes, for the parent's bound."""
+
+    def __init__(self, source: Any, shared: Any) -> None:
+        self.source, self.shared = source, shared
+
+    def _count(self, item: Any) -> Any:
+        if isinstance(item, list):
+            with self.shared.get_lock():
+                self.shared[_RECEIVED] += len(item)
+        return item
+
+    def get(self, timeout: float | None = None) -> Any:
+        return self._count(self.source.get(timeout=timeout))
+
+    def get_nowait(self) -> Any:
+        return self._count(self.source.get_nowait())
