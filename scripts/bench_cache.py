@@ -147,7 +147,7 @@ async def sequential(port: int, requests: list[bytes], seen: Seen) -> Samples:
 
 def tap_args(tmp: Path) -> list[str]:
     return ["-s", str(bo.TAP_SCRIPT), "--set", f"llmtap_db={tmp / 'tap.duckdb'}",
-            "--set", f"llmtap_cache={tmp / 'cache.sqlite'}"]  # fmt: skip
+            "--set", f"llmtap_cache={tmp / 'cache.sqlite'}", "--set", "llmtap_api="]  # fmt: skip
 
 
 def start_tap(upstream: int, tmp: Path, started: list[Proc], attempts: int = 3, pause: float = 30.0) -> Proc:

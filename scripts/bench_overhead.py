@@ -286,6 +286,8 @@ def tap_args(name: str, tmp: Path) -> list[str]:
         f"llmtap_db={tmp / f'{name}.duckdb'}",
         "--set",
         f"llmtap_cache={tmp / f'{name}-cache.sqlite'}",
+        "--set",
+        "llmtap_api=",  # several proxies at once: no local API port to fight over
     ]
 
 

@@ -222,10 +222,11 @@ class LLMTap:
                 host = req.host if req.port in (80, 443) else f"{req.host}:{req.port}"
                 self.calls[flow.id] = Call(found, host, redact_path(req.path))
 
-    async def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
+        """Sync on the fast path; returns a coroutine (mitmproxy awaits it) only to deliver."""
         call = self.calls.get(flow.id)
         if call is None:
-            return
+            return None
         with self._guard(flow, "request"):
             try:
                 self._start_call(flow, call)
@@ -234,7 +235,8 @@ class LLMTap:
             if flow.response is None and call.delivers and not (call.capture and call.capture.streamed):
                 # Retries / fallbacks for a non-streamed call: llmtap makes every attempt itself,
                 # so connection errors and timeouts can be retried too (reference §4, approach A).
-                await self._deliver(flow, call, None)
+                return self._guarded(flow, "request", self._deliver(flow, call, None))
+        return None
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         call = self.calls.get(flow.id)
@@ -250,26 +252,35 @@ class LLMTap:
                 call.tee = StreamTee(ctx.options.llmtap_max_body, c.strip_usage)
                 resp.stream = call.tee
 
-    async def response(self, flow: http.HTTPFlow) -> None:
+    def response(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         call = self.calls.pop(flow.id, None)
         if call is None or call.capture is None:
-            return
-        with self._guard(flow, "response"):
-            resp = flow.response
-            if (
-                call.delivers
-                and not call.delivered
-                and resp is not None
-                and call.tee is None
-                and retry.retryable(resp.status_code)
-            ):
-                # A streamed call that failed before anything reached the client (reference §4, B).
-                first = upstream.Reply(
-                    resp.status_code, list(resp.headers.items(multi=True)), resp.raw_content or b""
-                )
-                await self._deliver(flow, call, first)
+            return None
+        resp = flow.response
+        if (
+            call.delivers
+            and not call.delivered
+            and resp is not None
+            and call.tee is None
+            and retry.retryable(resp.status_code)
+        ):
+            return self._retry_then_finish(flow, call, resp)
         with self._guard(flow, "response"):
             self._finish(flow, call, None)
+        return None
+
+    async def _retry_then_finish(self, flow: http.HTTPFlow, call: Call, resp: http.Response) -> None:
+        """A streamed call that failed before anything reached the client (reference §4, B)."""
+        first = upstream.Reply(
+            resp.status_code, list(resp.headers.items(multi=True)), resp.raw_content or b""
+        )
+        await self._guarded(flow, "response", self._deliver(flow, call, first))
+        with self._guard(flow, "response"):
+            self._finish(flow, call, None)
+
+    async def _guarded(self, flow: http.HTTPFlow, hook: str, work: Coroutine[Any, Any, None]) -> None:
+        with self._guard(flow, hook):
+            await work
 
     def error(self, flow: http.HTTPFlow) -> None:
         call = self.calls.pop(flow.id, None)
@@ -308,15 +319,17 @@ class LLMTap:
             flow.response = answers.error(api, 401, "llmtap: missing or wrong Helicone-Auth proxy access key")
             return
         lowered = {name.lower(): value for name, value in fields}
-        match = self._match_request(flow, call, c)
+        # What rules match on is read only when something will match (the common case is neither).
+        needed = self.rules.rules or "helicone-ratelimit-policy" in lowered
+        match = self._match_request(flow, call, c) if needed else None
         if self._answer_from_cache(flow, call, lowered, match) or self._rate_limited(
             flow, call, lowered, match
         ):
             return
-        found = self.rules.retry_for(match) if self.rules.rules else None
+        found = self.rules.retry_for(match) if match and self.rules.rules else None
         call.retry = retry.policy_for(lowered, found[1] if found else None)
         call.fallbacks = delivery.fallbacks_for(
-            lowered, self.rules.fallbacks_for(match) if self.rules.rules else ()
+            lowered, self.rules.fallbacks_for(match) if match and self.rules.rules else ()
         )
         c.streamed = providers.wants_stream(api, kind, body)
         if c.streamed:
@@ -329,11 +342,13 @@ class LLMTap:
                 c.strip_usage = _inject_include_usage(req)
 
     def _rate_limited(
-        self, flow: http.HTTPFlow, call: Call, lowered: dict[str, str], match: rules.Request
+        self, flow: http.HTTPFlow, call: Call, lowered: dict[str, str], match: rules.Request | None
     ) -> bool:
         """Apply every rate limit of this call; True when one of them answered it with a 429."""
         c = call.capture
         assert c is not None
+        if match is None:
+            return False
         found = [(r.name, p) for r, p in self.rules.rate_limits_for(match)] if self.rules.rules else []
         header = lowered.get("helicone-ratelimit-policy")
         if not found and header is None:
@@ -355,12 +370,12 @@ class LLMTap:
         return True
 
     def _answer_from_cache(
-        self, flow: http.HTTPFlow, call: Call, lowered: dict[str, str], match: rules.Request
+        self, flow: http.HTTPFlow, call: Call, lowered: dict[str, str], match: rules.Request | None
     ) -> bool:
         """Set up caching for this call; True when a hit answered it."""
         c = call.capture
         assert c is not None
-        found = self.rules.cache_for(match) if self.rules.rules else None
+        found = self.rules.cache_for(match) if match and self.rules.rules else None
         policy = cache.policy_for(lowered, found[1] if found else None)
         if policy is None or c.endpoint is None:
             return False

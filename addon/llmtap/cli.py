@@ -1,4 +1,4 @@
-"""The `llmtap` command: run the proxy, query the database, run the demo."""
+"""The `llmtap` command: run the proxy, query the database, reports, the schema, the demo."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import argparse
 import os
 import sqlite3
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from . import __version__, output, proxyproc, query, rules
+from . import __version__, output, proxyproc, query, reports, rules
 from .cachestore import CacheStore
 
 DEFAULT_DB = os.environ.get("LLMTAP_DB", "llmtap.duckdb")
@@ -19,7 +20,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["proxy"] and argv[1:2] not in (["-h"], ["--help"]):
         return run_proxy(argv[1:])  # everything after `proxy` belongs to mitmdump, untouched
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "format", None) == "parquet" and getattr(args, "out", None) is None:
+        parser.error("--format parquet writes a file: add --out FILE")
     try:
         return args.func(args)
     except query.QueryError as e:
@@ -50,6 +54,12 @@ def _parser() -> argparse.ArgumentParser:
     _output_options(sql)
     sql.set_defaults(func=cmd_sql)
 
+    _report_parser(sub)
+
+    schema = sub.add_parser("schema", help="print the database schema (tables, views, columns) as Markdown")
+    schema.add_argument("--out", type=Path, help="write to this file (e.g. docs/schema.md) instead of stdout")
+    schema.set_defaults(func=cmd_schema)
+
     rules_cmd = sub.add_parser("rules", help="check a rules file")
     rules_sub = rules_cmd.add_subparsers(required=True, metavar="ACTION")
     check = rules_sub.add_parser("check", help="validate a rules file and print the effective rules")
@@ -76,12 +86,108 @@ def _parser() -> argparse.ArgumentParser:
 
 def _output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", default=DEFAULT_DB, help="DuckDB file (default: %(default)s; env LLMTAP_DB)")
-    p.add_argument("--format", choices=output.FORMATS, default="table", help="output format (default: table)")
+    p.add_argument(
+        "--format",
+        choices=output.EXPORT_FORMATS,
+        default="table",
+        help="output format (default: table; parquet needs --out)",
+    )
     p.add_argument("--out", type=Path, help="write to this file instead of stdout")
 
 
+def _checked[T](parse: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse type from a parser that raises ValueError: its message becomes the usage error."""
+
+    def check(text: str) -> T:
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from e
+
+    check.__name__ = parse.__name__
+    return check
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
+def _report_parser(sub: argparse._SubParsersAction) -> None:
+    report = sub.add_parser(
+        "report",
+        help=f"built-in reports: {', '.join(reports.REPORTS)} (works while the proxy runs)",
+        description="Built-in reports over the requests table. `llmtap report NAME --help` for each.",
+    )
+    names = report.add_subparsers(required=True, metavar="REPORT", dest="report")
+    for name, text in reports.REPORTS.items():
+        p = names.add_parser(name, help=text, description=f"llmtap report {name}: {text.rstrip('., ')}.")
+        if name in reports.GROUPED:
+            default = ",".join(reports.GROUPED[name]) or "none; status and error always"
+            p.add_argument(
+                "--by",
+                action="append",
+                type=_checked(reports.parse_dimensions),
+                metavar="DIM",
+                help="group by model, provider, day, hour, user, session, rating, property:NAME or"
+                f" score:NAME; repeat or comma-separate for several (default: {default})",
+            )
+        limit = reports.DEFAULT_LIMIT.get(name)
+        if name != "summary":
+            p.add_argument(
+                "--limit",
+                type=_checked(_positive),
+                default=limit,
+                help=f"at most this many rows (default: {limit or 'all'})",
+            )
+        _filter_options(p)
+        _output_options(p)
+        p.set_defaults(func=cmd_report)
+
+
+def _filter_options(p: argparse.ArgumentParser) -> None:
+    f = p.add_argument_group("filters (every report)")
+    when = _checked(reports.parse_when)
+    f.add_argument(
+        "--since", type=when, help="calls from then on: 30m, 24h, 7d, 2w ago, or an ISO date / time"
+    )
+    f.add_argument("--until", type=when, help="calls before then (a date alone includes that day)")
+    f.add_argument("--provider", action="append", default=[], help="only this provider (repeatable)")
+    f.add_argument("--model", action="append", default=[], help="only this model (repeatable)")
+    f.add_argument("--user", action="append", default=[], help="only this user_id (repeatable)")
+    f.add_argument("--session", action="append", default=[], help="only this session_id (repeatable)")
+    f.add_argument(
+        "--property",
+        action="append",
+        default=[],
+        type=_checked(reports.parse_property),
+        metavar="NAME=VALUE",
+        help="only calls with this Helicone property value (repeatable, all must match)",
+    )
+    f.add_argument("--rating", choices=("up", "down"), help="only calls whose latest feedback is this")
+    f.add_argument(
+        "--score",
+        action="append",
+        default=[],
+        type=_checked(reports.parse_score),
+        metavar="NAME<OP>N",
+        help="only calls whose latest score NAME compares so: 'accuracy>=90', is_safe=true"
+        " (OP: = != > >= < <=; repeatable)",
+    )
+    f.add_argument(
+        "--tz",
+        default="UTC",
+        type=_checked(reports.parse_tz),
+        help="time zone of days, hours and ISO times without an offset (default: UTC)",
+    )
+
+
 def _emit(args: argparse.Namespace, columns: list[str], rows: list[tuple]) -> None:
-    text = output.render(columns, rows, args.format)
+    _write(args, output.render(columns, rows, args.format))
+
+
+def _write(args: argparse.Namespace, text: str) -> None:
     if args.out:
         args.out.write_text(text)
     else:
@@ -102,8 +208,46 @@ def run_proxy(extra: list[str]) -> int:
 
 def cmd_sql(args: argparse.Namespace) -> int:
     sql = sys.stdin.read() if args.query == "-" else args.query
+    if args.format == "parquet":
+        query.run_to_parquet(args.db, sql, dict(args.param) or None, args.out)
+        return 0
     columns, rows = query.run(args.db, sql, dict(args.param) or None)
     _emit(args, columns, rows)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    opts = reports.Options(
+        since=args.since,
+        until=args.until,
+        provider=args.provider,
+        model=args.model,
+        user=args.user,
+        session=args.session,
+        properties=args.property,
+        rating=args.rating,
+        scores=args.score,
+        by=[d for group in getattr(args, "by", None) or [] for d in group],
+        limit=getattr(args, "limit", None),
+        tz=args.tz,
+    )
+    conn = query.connect(args.db)
+    try:
+        report = reports.prepare(conn, args.report, opts)
+        if args.format == "parquet":
+            query.to_parquet(conn, report.sql, report.params, args.out)
+            return 0
+        columns, rows = query.fetch(conn, report.sql, report.params)
+    finally:
+        conn.close()
+    _write(args, reports.render(report, columns, rows, args.format))
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from . import schema_doc
+
+    _write(args, schema_doc.generate())
     return 0
 
 

@@ -1,4 +1,8 @@
-"""Query results as aligned tables, CSV or JSON (the formats every CLI command shares)."""
+"""Query results as aligned tables, CSV or JSON (the formats every CLI command shares).
+
+Parquet, the fourth export format, is written by DuckDB itself (`query.to_parquet`), so its
+types stay exact; it always goes to a file.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,8 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-FORMATS = ("table", "csv", "json")
+FORMATS = ("table", "csv", "json")  # what render() produces
+EXPORT_FORMATS = (*FORMATS, "parquet")  # what `llmtap sql` and `llmtap report` accept
 
 
 def render(
@@ -28,6 +33,11 @@ def render(
             json.dumps([dict(zip(columns, row, strict=True)) for row in rows], default=_json, indent=2) + "\n"
         )
     return _table(columns, rows, width)
+
+
+def to_json(value: Any) -> str:
+    """Any nesting of dicts and lists as JSON, with render()'s conventions (exact decimals as strings)."""
+    return json.dumps(value, default=_json, indent=2) + "\n"
 
 
 def _plain(value: Any) -> Any:

@@ -47,10 +47,39 @@ def run(path: str | Path, sql: str, params: dict[str, Any] | None = None) -> tup
     """Columns and rows of one SQL statement against the database, read-only."""
     conn = connect(path)
     try:
+        return fetch(conn, sql, params)
+    finally:
+        conn.close()
+
+
+def run_to_parquet(path: str | Path, sql: str, params: dict[str, Any] | None, out: str | Path) -> None:
+    """Write the result of one query to a Parquet file, read-only."""
+    conn = connect(path)
+    try:
+        to_parquet(conn, sql, params, out)
+    finally:
+        conn.close()
+
+
+def fetch(
+    conn: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any] | None = None
+) -> tuple[list[str], list[tuple]]:
+    """Columns and rows of one SQL statement on an open connection."""
+    try:
         cur = conn.execute(sql, params or None)
         columns = [d[0] for d in cur.description or []]
         return columns, cur.fetchall()
     except duckdb.Error as e:
         raise QueryError(str(e)) from e
-    finally:
-        conn.close()
+
+
+def to_parquet(
+    conn: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any] | None, out: str | Path
+) -> None:
+    """`COPY (query) TO out (FORMAT parquet)`: DuckDB writes the file, with the query's exact types."""
+    body = sql.strip().rstrip(";").strip()
+    target = str(out).replace("'", "''")  # a string literal: COPY takes no parameter for its target
+    try:
+        conn.execute(f"COPY ({body}) TO '{target}' (FORMAT parquet)", params or None)
+    except duckdb.Error as e:
+        raise QueryError(f"cannot write {out} as Parquet: {e}") from e
