@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from . import __version__, output, proxyproc, query, reports, rules
+from . import __version__, annotate, output, proxyproc, query, reports, rules
 from .cachestore import CacheStore
 
 DEFAULT_DB = os.environ.get("LLMTAP_DB", "llmtap.duckdb")
@@ -77,6 +77,21 @@ def _parser() -> argparse.ArgumentParser:
         )
     stats.set_defaults(func=cmd_cache_stats)
     clear.set_defaults(func=cmd_cache_clear)
+
+    feedback = sub.add_parser("feedback", help="rate a logged call (thumbs up or down)")
+    feedback.add_argument("request_id", help="the call's Helicone-Id")
+    feedback.add_argument("--rating", choices=("up", "down"), required=True)
+    score = sub.add_parser(
+        "score", help="attach scores to a logged call: name=value (integers or true/false)"
+    )
+    score.add_argument("request_id", help="the call's Helicone-Id")
+    score.add_argument("scores", nargs="+", metavar="NAME=VALUE")
+    for p_ in (feedback, score):
+        p_.add_argument("--api", default=os.environ.get("LLMTAP_API", "127.0.0.1:8788"),
+                        help="the proxy's local API (default: %(default)s; env LLMTAP_API)")  # fmt: skip
+        p_.add_argument("--db", default=DEFAULT_DB, help="used when no proxy answers (default: %(default)s)")
+    feedback.set_defaults(func=cmd_feedback)
+    score.set_defaults(func=cmd_score)
 
     demo = sub.add_parser("demo", help="send real SDK calls through the proxy to a local stand-in provider")
     demo.add_argument("--db", default="llmtap-demo.duckdb", help="database to write (default: %(default)s)")
@@ -297,6 +312,17 @@ def _cache(path: str) -> CacheStore:
         return CacheStore(path)
     except sqlite3.DatabaseError as e:
         raise query.QueryError(f"cannot open the cache {path}: {e}") from e
+
+
+def cmd_feedback(args: argparse.Namespace) -> int:
+    print(annotate.annotate("feedback", args.request_id, {"rating": args.rating == "up"}, args.api, args.db))
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    scores = annotate.parse_scores(args.scores)
+    print(annotate.annotate("score", args.request_id, {"scores": scores}, args.api, args.db))
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

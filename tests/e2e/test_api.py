@@ -118,3 +118,44 @@ def test_off_loopback_needs_a_key(fake: FakeProvider, start_proxy: Callable[...,
     proxy = start_proxy("--mode", f"reverse:{fake.url}", "--set", "llmtap_api_key=k1")
     assert call(f"{proxy.api}/v1/health", "GET")[0] == 401
     assert call(f"{proxy.api}/v1/health", "GET", headers={"Authorization": "Bearer k1"})[0] == 200
+
+
+def test_feedback_and_score_commands_with_and_without_the_proxy(gateway: Proxy, tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import duckdb
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "addon")}
+
+    def llmtap(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "llmtap.cli", *args], capture_output=True, text=True, env=env
+        )
+
+    rid = request_id(gateway)
+    out = llmtap("feedback", rid, "--rating", "up", "--api", gateway.api, "--db", str(gateway.db))
+    assert out.returncode == 0 and "through the proxy" in out.stdout, out.stderr
+    out = llmtap("score", rid, "accuracy=92", "is_safe=true", "--api", gateway.api)
+    assert out.returncode == 0, out.stderr
+    bad = llmtap("score", rid, "accuracy=0.5", "--api", gateway.api)
+    assert bad.returncode == 1 and "scores are integers or true/false" in bad.stderr
+    gateway.stop()
+    offline = llmtap("feedback", rid, "--rating", "down", "--api", "127.0.0.1:9", "--db", str(gateway.db))
+    assert offline.returncode == 0 and "no proxy answered" in offline.stdout, offline.stderr
+    missing = llmtap("feedback", "nope", "--rating", "down", "--api", "127.0.0.1:9", "--db", str(gateway.db))
+    assert missing.returncode == 1 and "no request with id 'nope'" in missing.stderr
+    with duckdb.connect(str(gateway.db), read_only=True) as conn:
+        assert conn.execute("SELECT rating FROM feedback ORDER BY created_at").fetchall() == [
+            (True,),
+            (False,),
+        ]
+        assert sorted(conn.execute("SELECT name, value FROM scores").fetchall()) == [
+            ("accuracy", 92),
+            ("is_safe", 1),
+        ]
+    report = llmtap("report", "cost", "--by", "rating", "--db", str(gateway.db), "--format", "json")
+    assert report.returncode == 0, report.stderr
+    assert [r["rating"] for r in json.loads(report.stdout)] == ["down"]  # the latest rating counts
