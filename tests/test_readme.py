@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 from pathlib import Path
 
@@ -40,3 +41,27 @@ def test_shipped_rules_and_the_readme_example_are_valid() -> None:
     example = re.findall(r"```yaml\n(.*?)```", README, re.S)[0]
     parsed = rules.parse(yaml.safe_load(example), "README example")
     assert parsed.rules and parsed.providers
+
+
+def _subparsers(
+    parser: argparse.ArgumentParser, prefix: str = "llmtap"
+) -> list[tuple[str, argparse.ArgumentParser]]:
+    out = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                out.append((f"{prefix} {name}", sub))
+                out += _subparsers(sub, f"{prefix} {name}")
+    return out
+
+
+def test_every_flag_of_every_command_is_in_the_readme() -> None:
+    """The README is compared with each command's --help: every long option must be explained."""
+    missing = []
+    for command, sub in _subparsers(cli._parser()):
+        assert sub.format_help(), command
+        for action in sub._actions:
+            for flag in action.option_strings:
+                if flag.startswith("--") and flag != "--help" and flag not in README:
+                    missing.append(f"{command} {flag}")
+    assert not missing, f"not documented in README.md: {missing}"
