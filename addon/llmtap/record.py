@@ -142,20 +142,8 @@ def to_row(c: Capture) -> tuple[Any, ...]:
     if not isinstance(requested_model, str):
         requested_model = None
     common = dict(
-        request_id=c.meta.request_id,
-        created_at=datetime.fromtimestamp(c.started, UTC),
-        source=c.source,
-        provider=c.provider,
-        api=c.api,
-        endpoint=c.endpoint,
-        host=c.host,
-        method=c.method,
-        path=c.path,
+        **identity(c),
         requested_model=requested_model,
-        status=c.status,
-        streamed=c.streamed,
-        latency_ms=c.latency_ms,
-        ttft_ms=c.ttft_ms,
         prices_version=pricing.VERSION,
         user_id=c.meta.user_id or (_str(request.get("user")) if isinstance(request, dict) else None),
         session_id=c.meta.session_id,
@@ -175,6 +163,25 @@ def to_row(c: Capture) -> tuple[Any, ...]:
     if c.hit is not None:
         return as_row(**common, **_hit(c.hit, requested_model))
     return as_row(**common, **_accounted(c, response, requested_model, common["created_at"]))
+
+
+def identity(c: Capture) -> dict[str, Any]:
+    """The columns that need no parsing: what even a failed accounting still records."""
+    return dict(
+        request_id=c.meta.request_id,
+        created_at=datetime.fromtimestamp(c.started, UTC),
+        source=c.source,
+        provider=c.provider,
+        api=c.api,
+        endpoint=c.endpoint,
+        host=c.host,
+        method=c.method,
+        path=c.path,
+        status=c.status,
+        streamed=c.streamed,
+        latency_ms=c.latency_ms,
+        ttft_ms=c.ttft_ms,
+    )
 
 
 def _accounted(c: Capture, response: bytes, requested_model: str | None, at: datetime) -> dict[str, Any]:

@@ -26,7 +26,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import duckdb
@@ -43,6 +42,7 @@ from .record import (
     Score,
     as_row,
     decoded_response,
+    identity,
     to_row,
 )
 from .tee import client_view_of
@@ -291,21 +291,5 @@ def _annotate(conn: duckdb.DuckDBPyConnection, notes: list[Annotation]) -> None:
 def _bare_row(c: Capture, error: str) -> tuple[Any, ...]:
     """A row with only what needs no parsing, so a bug in accounting loses no call."""
     return as_row(
-        request_id=c.meta.request_id,
-        created_at=datetime.fromtimestamp(c.started, UTC),
-        source="proxy",
-        provider=c.provider,
-        api=c.api,
-        endpoint=c.endpoint,
-        host=c.host,
-        method=c.method,
-        path=c.path,
-        status=c.status,
-        streamed=c.streamed,
-        latency_ms=c.latency_ms,
-        ttft_ms=c.ttft_ms,
-        error=error,
-        cost_note="accounting failed",
-        properties="{}",
-        request_headers="{}",
+        **identity(c), error=error, cost_note="accounting failed", properties="{}", request_headers="{}"
     )
