@@ -59,7 +59,9 @@ def run(db: Path, say: Callable[[str], None] = print) -> int:
     say(output.render(*query.run(db, SUMMARY)))
     say("cost by model:")
     say(output.render(*query.run(db, BY_MODEL)))
-    say(f'explore: llmtap sql --db {db} "SELECT * FROM requests"')
+    say(f"explore: llmtap report summary --db {db}")
+    say(f"         llmtap report cost --by user --db {db}")
+    say(f'         llmtap sql --db {db} "SELECT * FROM requests"')
     return 0
 
 
