@@ -22,17 +22,21 @@ What is measured (issue 5: every built-in report < 1 s on this machine at 10M ro
   run 3 times, median and max shown; the subprocess median is the headline, PASS under 1 s. One
   untimed run warms the OS page cache first (the file was just written, so it mostly is);
 - writer ingest, (a) the insert path: rows built once with `record.to_row` from realistic captures
-  (OpenAI chat and stream, Responses, Anthropic message and stream, Gemini, a 429, a cache hit; 1-3
-  KB bodies), replicated with distinct request ids, then written by `Store.flush` in the writer's
-  batches (`batch_size` 2,000 rows per flush, each flush opening the file, checking migrations,
-  inserting with one `INSERT ... SELECT unnest(?)`, committing and closing), into a fresh file and
-  appended to the big file: rows/s, target >= 50k; (b) end to end: a started `Store` fed the
-  captures through `submit`, its thread running `to_row` (body parsing, usage extraction,
-  genai-prices pricing) per capture, until `close()` has written all of them: rows/s, information
-  only. (b) is CPU-bound on `to_row`, not on DuckDB; `to_row` alone is timed per capture kind.
-  In the proxy the same loop runs in the `llmtap-writer` child process (writerproc.py), on its own
-  core.
+  (OpenAI chat and stream, Responses, Anthropic message and stream, Gemini, a 429, a cache hit;
+  ~4.6 KiB of request + response body per row on average, streams the largest), replicated with
+  distinct request ids (100,000 rows; --quick 40,000), then written by `Store.flush` in the
+  writer's batches (`batch_size` 2,000 rows per flush, each flush opening the file, checking
+  migrations, one `INSERT ... SELECT unnest(?)`, committing and closing), into a fresh file and
+  appended to the big file: rows/s, target >= 50k. One flush is also taken apart step by step,
+  with the INSERT's parameter binding alone and the INSERT with short bodies, to show where the
+  time goes; (b) end to end: a started `Store` fed captures through `submit` (20,000; --quick
+  5,000), its thread running `to_row` (body decoding and usage extraction, genai-prices pricing)
+  per capture, until `close()` has written all of them: rows/s, information only, CPU-bound on
+  `to_row`, which is also timed alone per capture kind, with its usage and pricing parts. In the
+  proxy the same loop runs in the `llmtap-writer` child process (writerproc.py), on its own core.
 
+Defaults take about 2.5 minutes on 2 cores (generation ~45 s), --quick about 40 s. Progress goes
+to stderr, the results to stdout: targets with ratio and PASS/MISS first, then the details.
 Targets print PASS/MISS; the exit code is 0 unless something crashes (a measurement, not a test).
 
     python scripts/bench_reports.py [--quick] [--rows N] [--json FILE] [--keep]
@@ -66,11 +70,12 @@ if str(ADDON) not in sys.path:
 
 import duckdb  # noqa: E402
 
-from llmtap import cli, pricing  # noqa: E402
+from llmtap import cli, pricing, usage  # noqa: E402
 from llmtap.cachestore import Entry  # noqa: E402
 from llmtap.headers import CallMeta  # noqa: E402
 from llmtap.migrations import migrate  # noqa: E402
-from llmtap.record import COLUMNS, Capture, to_row  # noqa: E402
+from llmtap.providers import path_model  # noqa: E402
+from llmtap.record import COLUMNS, Capture, decoded_response, to_row  # noqa: E402
 from llmtap.store import _INSERT, Store  # noqa: E402
 
 REPORT_TARGET_S = 1.0
@@ -311,8 +316,8 @@ def generate(path: Path, n: int) -> dict[str, Any]:
         t = time.perf_counter()
         conn.execute("CHECKPOINT")
         checkpoint_s = time.perf_counter() - t
+        total = time.perf_counter() - started  # the sanity checks below are not part of it
         facts = _facts(conn)
-    total = time.perf_counter() - started
     return {
         "rows": n,
         "seconds": total,
@@ -793,16 +798,42 @@ def _new_ids(n: int, seed: int) -> list[str]:
     return [str(uuid.UUID(int=rnd.getrandbits(128), version=4)) for _ in range(n)]
 
 
-def time_to_row(kinds: list[tuple[str, Capture]], per_kind: int) -> dict[str, float]:
-    """Microseconds per `to_row` call, per capture kind (warm: the first call of each is not timed)."""
-    out = {}
+def time_to_row(kinds: list[tuple[str, Capture]], per_kind: int) -> dict[str, dict[str, Any]]:
+    """Microseconds per `to_row` call, per capture kind, and of its two costly parts on their own:
+    `usage.account` (decoding and scanning the body, SSE included) and `pricing.price` (genai-prices).
+    Warm: the first call of each is not timed. A cache hit does neither (it copies its original)."""
+    out: dict[str, dict[str, Any]] = {}
     for name, c in kinds:
         to_row(c)
-        t = time.perf_counter()
-        for _ in range(per_kind):
-            to_row(c)
-        out[name] = (time.perf_counter() - t) / per_kind * 1e6
+        times: dict[str, Any] = {"to_row": _per_call(lambda c=c: to_row(c), per_kind)}
+        ok = c.status is not None and 200 <= c.status < 300
+        times |= {"streamed": c.streamed, "ok": ok and c.hit is None}
+        if c.hit is None:
+            response = decoded_response(c)
+            tokens = usage.account(c.api, c.endpoint, c.streamed, ok, c.request_body, response)
+            model = tokens.model or json.loads(c.request_body).get("model") or path_model(c.api, c.path)
+            at = datetime.fromtimestamp(c.started, UTC)
+            times["usage"] = _per_call(
+                lambda c=c, r=response, ok=ok: usage.account(
+                    c.api, c.endpoint, c.streamed, ok, c.request_body, r
+                ),
+                per_kind,
+            )
+            times["pricing"] = _per_call(
+                lambda c=c, t=tokens, m=model, at=at: pricing.price(t, m, c.price_id, c.provider, at),
+                per_kind,
+            )
+        else:
+            times["usage"] = times["pricing"] = None
+        out[name] = times
     return out
+
+
+def _per_call(fn: Callable[[], object], n: int) -> float:
+    t = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - t) / n * 1e6
 
 
 def insert_path(path: Path, rows: list[tuple[Any, ...]]) -> dict[str, Any]:
@@ -834,9 +865,10 @@ def insert_path(path: Path, rows: list[tuple[Any, ...]]) -> dict[str, Any]:
 
 
 def flush_breakdown(tmp: Path, rows: list[tuple[Any, ...]], reps: int = 5) -> dict[str, float]:
-    """Where a 2,000-row flush's time goes, in ms (medians): opening the file, checking migrations and
-    closing it; the INSERT on an open connection; the same SELECT of unnest(?) without the insert
-    (binding the Python lists and casting them); the INSERT with bodies cut to 200 characters."""
+    """Where a 2,000-row flush's time goes, in ms (medians of `reps`): Store.flush's steps one by one
+    (connect, migrations check, BEGIN + INSERT + COMMIT, close: DuckDB checkpoints the WAL into the
+    file when the last connection closes); then, on an open connection, the INSERT's SELECT alone
+    (binding and casting the Python lists, no insert) and the INSERT with bodies cut to 200 chars."""
     path = tmp / "breakdown.duckdb"
     batch = rows[:BATCH]
     cols = [list(col) for col in zip(*batch, strict=True)]
@@ -844,6 +876,22 @@ def flush_breakdown(tmp: Path, rows: list[tuple[Any, ...]], reps: int = 5) -> di
     select = "SELECT count(*) FROM (SELECT " + _INSERT.split(" SELECT ", 1)[1] + ")"
     with duckdb.connect(str(path)) as conn:
         migrate(conn)
+    steps: dict[str, list[float]] = {"connect": [], "migrations_check": [], "insert_commit": [], "close": []}
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        conn = duckdb.connect(str(path), config={"threads": 1})
+        t1 = time.perf_counter()
+        migrate(conn)
+        t2 = time.perf_counter()
+        conn.execute("BEGIN TRANSACTION")
+        conn.execute(_INSERT, cols)
+        conn.execute("COMMIT")
+        t3 = time.perf_counter()
+        conn.close()
+        t4 = time.perf_counter()
+        for key, a, b in zip(steps, (t0, t1, t2, t3), (t1, t2, t3, t4), strict=True):
+            steps[key].append((b - a) * 1e3)
+    out = {f"{k}_ms": statistics.median(v) for k, v in steps.items()}
 
     def timed(fn: Callable[[], object]) -> float:
         values = []
@@ -853,15 +901,10 @@ def flush_breakdown(tmp: Path, rows: list[tuple[Any, ...]], reps: int = 5) -> di
             values.append((time.perf_counter() - t) * 1e3)
         return statistics.median(values)
 
-    def open_close() -> None:
-        with duckdb.connect(str(path), config={"threads": 1}) as c:
-            migrate(c)
-
-    out = {"open_migrate_close_ms": timed(open_close)}
     with duckdb.connect(str(path), config={"threads": 1}) as conn:
-        out["insert_ms"] = timed(lambda: conn.execute(_INSERT, cols))
         out["bind_select_ms"] = timed(lambda: conn.execute(select, cols).fetchall())
         out["insert_short_bodies_ms"] = timed(lambda: conn.execute(_INSERT, cut))
+        out["insert_ms"] = timed(lambda: conn.execute(_INSERT, cols))
     return out
 
 
@@ -1079,22 +1122,29 @@ def render(r: dict[str, Any]) -> str:
     ]
     out += [f"{a:<58}{b:>16}{c:>8}  {d:<11}{e}" for a, b, c, d, e in summary(r)]
     e2e, fresh, bd = ing["end_to_end"], ing["insert_fresh"], ing["flush_breakdown_ms"]
-    to_row_us = ing["to_row_us"]
-    slowest_kind = max(to_row_us, key=lambda k: to_row_us[k])
+    to_row_us = {k: v["to_row"] for k, v in ing["to_row_us"].items()}
     target_k = f"{INGEST_TARGET // 1000}k"
+    kinds = ing["to_row_us"].values()
+    stream_usage = _mean_share([k for k in kinds if k["ok"] and k["streamed"]], "usage")
+    json_pricing = _mean_share([k for k in kinds if k["ok"] and not k["streamed"]], "pricing")
     out += [
         "",
         f"The {target_k} rows/s target applies to the insert path (Store.flush of pre-built rows): "
         f"{verdict(fresh['pass'])}, {fresh['rows_per_s']:,.0f} rows/s",
-        f"= {1e6 / fresh['rows_per_s']:.0f} us per row. Per {BATCH:,}-row flush: open + migrations check + "
-        f"close {bd['open_migrate_close_ms']:.1f} ms; the INSERT {bd['insert_ms']:.1f} ms",
-        f"on an open connection, of which binding and casting the {len(COLUMNS)} Python lists (the same "
-        f"SELECT unnest(?), no insert) {bd['bind_select_ms']:.1f} ms;",
-        f"with bodies cut to 200 characters the INSERT takes {bd['insert_short_bodies_ms']:.1f} ms.",
-        f"End to end is information only: each row first costs a to_row call ({min(to_row_us.values()):.0f}-"
-        f"{max(to_row_us.values()):.0f} us per capture kind: parsing,",
-        f"usage, genai-prices pricing), so one writer peaks near {e2e['rows_per_s']:,.0f} calls/s, "
-        "CPU-bound on to_row.",
+        f"= {1e6 / fresh['rows_per_s']:.0f} us per row; a {BATCH:,}-row flush took "
+        f"{fresh['flush_p50_ms']:.0f} ms (p50). Its steps, timed apart: connect "
+        f"{bd['connect_ms']:.0f} ms,",
+        f"migrations check {bd['migrations_check_ms']:.0f} ms, BEGIN + INSERT + COMMIT "
+        f"{bd['insert_commit_ms']:.0f} ms, close (checkpoint) {bd['close_ms']:.0f} ms. "
+        f"On an open connection the INSERT",
+        f"takes {bd['insert_ms']:.0f} ms, of which binding and casting the {len(COLUMNS)} Python lists "
+        f"(its SELECT unnest(?) alone) {bd['bind_select_ms']:.0f} ms;",
+        f"with bodies cut to 200 characters the INSERT takes {bd['insert_short_bodies_ms']:.0f} ms.",
+        f"End to end is information only: each row first costs a to_row call, {min(to_row_us.values()):.0f}-"
+        f"{max(to_row_us.values()):.0f} us per capture kind",
+        f"(streams: {stream_usage:.0%} of it scanning the SSE body; JSON answers: {json_pricing:.0%} "
+        "genai-prices pricing), so one writer thread",
+        f"peaks near {e2e['rows_per_s']:,.0f} calls/s, CPU-bound on to_row.",
         "",
     ]
     facts = [
@@ -1144,12 +1194,17 @@ def render(r: dict[str, Any]) -> str:
         f"{e2e['rows_per_s']:>10,.0f} rows/s; {e2e['rows_written']:,} written, {e2e['rows_priced']:,} "
         f"priced, submit loop {e2e['submit_s']:.2f} s, stats {e2e['stats']}"
     )
-    out.append(
-        "  to_row per capture kind (us): "
-        + ", ".join(f"{k} {v:.0f}" for k, v in ing["to_row_us"].items())
-        + f"  (slowest: {slowest_kind})"
-    )
+    out.append(f"  {'to_row per capture kind (us)':<28}{'to_row':>8}{'usage':>8}{'pricing':>8}")
+    for name, v in ing["to_row_us"].items():
+        parts = "".join(f"{x:>8.0f}" if x is not None else f"{'-':>8}" for x in (v["usage"], v["pricing"]))
+        out.append(f"    {name:<26}{v['to_row']:>8.0f}{parts}")
     return "\n".join(out)
+
+
+def _mean_share(kinds: list[dict[str, Any]], part: str) -> float:
+    """The mean share of `part` in to_row over these capture kinds (NaN when there are none)."""
+    shares = [k[part] / k["to_row"] for k in kinds if k[part] is not None]
+    return statistics.mean(shares) if shares else float("nan")
 
 
 def main() -> None:
