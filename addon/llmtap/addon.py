@@ -11,6 +11,7 @@ and is removed in `response` or `error`, exactly one of which runs per flow.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import time
@@ -315,7 +316,7 @@ class LLMTap:
             store_limit=ctx.options.llmtap_max_body,
         )
         key = ctx.options.llmtap_access_key
-        if key and meta.auth != f"Bearer {key}":
+        if key and not hmac.compare_digest(meta.auth or "", f"Bearer {key}"):
             flow.response = answers.error(api, 401, "llmtap: missing or wrong Helicone-Auth proxy access key")
             return
         lowered = {name.lower(): value for name, value in fields}
