@@ -145,29 +145,6 @@ async def sequential(port: int, requests: list[bytes], seen: Seen) -> Samples:
 # --- processes ------------------------------------------------------------------------------------
 
 
-def tap_args(tmp: Path) -> list[str]:
-    return ["-s", str(bo.TAP_SCRIPT), "--set", f"llmtap_db={tmp / 'tap.duckdb'}",
-            "--set", f"llmtap_cache={tmp / 'cache.sqlite'}", "--set", "llmtap_api="]  # fmt: skip
-
-
-def start_tap(upstream: int, tmp: Path, started: list[Proc], attempts: int = 3, pause: float = 30.0) -> Proc:
-    """The addon may be mid-edit by someone else: on a failed start wait `pause` s and retry."""
-    for attempt in range(1, attempts + 1):
-        proc = bo.start_proxy("tap", upstream, tmp, tap_args(tmp))
-        started.append(proc)
-        try:
-            bo.wait_ready(proc)
-            return proc
-        except RuntimeError as e:
-            bo.stop(proc)
-            if attempt == attempts:
-                raise
-            print(f"! tap failed to start (attempt {attempt}), retrying in {pause:.0f} s:\n{e}",
-                  file=sys.stderr, flush=True)  # fmt: skip
-            time.sleep(pause)
-    raise AssertionError("unreachable")
-
-
 def writer_pid(parent: int) -> int | None:
     """The llmtap-writer child (multiprocessing spawn) of the tap mitmdump."""
     for entry in Path("/proc").iterdir():
@@ -472,9 +449,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         started.append(upstream)
         bare = bo.start_proxy("bare", upstream.port, tmp, [])
         started.append(bare)
-        tap = start_tap(upstream.port, tmp, started)
+        tap = bo.start_tap("tap", upstream.port, tmp, started)
         bo.wait_ready(bare)
-        env = Env(upstream, bare, tap, writer_pid(tap.pid), tmp / "cache.sqlite")
+        env = Env(upstream, bare, tap, writer_pid(tap.pid), tmp / "tap-cache.sqlite")
         result["proxies"] = asyncio.run(proxy_phases(env, counts, log))
         result["cache_entries_at_end"] = cache_entries(env.cache_file)
         result["log_errors"] = {p.name: bo.count_log_errors(p)[:5] for p in (bare, tap)}

@@ -291,24 +291,14 @@ def tap_args(name: str, tmp: Path) -> list[str]:
     ]
 
 
-def retry_tap(proc: Proc, upstream: int, tmp: Path, attempts: int = 3, pause: float = 60.0) -> Proc:
-    """The addon may be mid-edit by someone else: on a failed start wait `pause` s and retry."""
-    for attempt in range(1, attempts + 1):
-        try:
-            wait_ready(proc)
-            return proc
-        except RuntimeError as e:
-            stop(proc)
-            if attempt == attempts:
-                raise
-            print(
-                f"! {proc.name} failed to start (attempt {attempt}), retrying in {pause:.0f} s:\n{e}",
-                file=sys.stderr,
-                flush=True,
-            )
-            time.sleep(pause)
-            proc = start_proxy(proc.name, upstream, tmp, tap_args(proc.name, tmp))
-    raise AssertionError("unreachable")
+def start_tap(
+    name: str, upstream: int, tmp: Path, started: list[Proc], extra: list[str] | None = None
+) -> Proc:
+    """`mitmdump -s addon/tap.py` with its DuckDB and cache files in `tmp`, ready to measure."""
+    proc = start_proxy(name, upstream, tmp, [*tap_args(name, tmp), *(extra or [])])
+    started.append(proc)
+    wait_ready(proc)
+    return proc
 
 
 def cpu_seconds(pid: int) -> float:
@@ -635,20 +625,13 @@ def start_all(kind: str, tmp: Path, started: list[Proc]) -> Procs:
     upstream = start_upstream(kind, tmp)
     started.append(upstream)
     (tmp / "passthrough.py").write_text(PASSTHROUGH_ADDON)
-    extras = {
-        "bare": [],
-        "passthrough": ["-s", str(tmp / "passthrough.py")],
-        "tap": tap_args("tap", tmp),
-        "memory": tap_args("memory", tmp),
-    }
-    proxies = {name: start_proxy(name, upstream.port, tmp, extra) for name, extra in extras.items()}
+    plain = {"bare": [], "passthrough": ["-s", str(tmp / "passthrough.py")]}
+    proxies = {name: start_proxy(name, upstream.port, tmp, extra) for name, extra in plain.items()}
     started.extend(proxies.values())
-    for name, proc in proxies.items():
-        if name in ("tap", "memory"):
-            proxies[name] = retry_tap(proc, upstream.port, tmp)
-            started.append(proxies[name])  # a replacement after a retry; stopping twice is harmless
-        else:
-            wait_ready(proc)
+    for proc in proxies.values():
+        wait_ready(proc)
+    for name in ("tap", "memory"):
+        proxies[name] = start_tap(name, upstream.port, tmp, started)
     return Procs(upstream, **proxies)
 
 

@@ -144,38 +144,12 @@ async def upstream_count(port: int) -> int:
 # --- proxies --------------------------------------------------------------------------------------
 
 
-def start_tap(name: str, upstream: int, tmp: Path, extra: list[str], started: list[Proc],
-              attempts: int = 3, pause: float = 30.0) -> Proc:  # fmt: skip
-    """`mitmdump -s addon/tap.py` with its DuckDB and cache files in `tmp`; the addon may be mid-edit
-    by someone else: on a failed start wait `pause` s and retry."""
-    for attempt in range(1, attempts + 1):
-        proc = bo.start_proxy(name, upstream, tmp, [*bo.tap_args(name, tmp), *extra])
-        started.append(proc)
-        try:
-            bo.wait_ready(proc)
-            return proc
-        except RuntimeError as e:
-            bo.stop(proc)
-            if attempt == attempts:
-                raise
-            print(f"! {name} failed to start (attempt {attempt}), retrying in {pause:.0f} s:\n{e}",
-                  file=sys.stderr, flush=True)  # fmt: skip
-            time.sleep(pause)
-    raise AssertionError("unreachable")
-
-
 def log_notes(proc: Proc) -> tuple[int, list[str]]:
     """Error lines and the addon's own lines (e.g. "the writer process is behind; N records dropped")
     of a proxy's log: how many, and the last 5."""
     text = proc.log.read_text(errors="replace") if proc.log.exists() else ""
     lines = [line for line in text.splitlines() if re.search(r"error|Traceback|crashed|llmtap:", line, re.I)]
     return len(lines), lines[-5:]
-
-
-def api_off() -> list[str]:
-    """Both taps would bind the local API's default port: turn it off where this tree has it."""
-    source = (bo.ADDON_DIR / "llmtap" / "options.py").read_text()
-    return ["--set", "llmtap_api="] if '"llmtap_api"' in source else []
 
 
 # --- the rows -------------------------------------------------------------------------------------
@@ -398,9 +372,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         upstream = start_upstream(tmp)
         started.append(upstream)
         # cwd is tmp, where A would pick ./rules.yaml up by default: name none explicitly
-        common = api_off()
-        a = start_tap("tap-A", upstream.port, tmp, ["--set", "llmtap_rules=", *common], started)
-        b = start_tap("tap-B", upstream.port, tmp, ["--set", f"llmtap_rules={rules_file}", *common], started)
+        a = bo.start_tap("tap-A", upstream.port, tmp, started, ["--set", "llmtap_rules="])
+        b = bo.start_tap("tap-B", upstream.port, tmp, started, ["--set", f"llmtap_rules={rules_file}"])
         proxies = {"A": a, "B": b}
         env = Env(upstream, proxies, {k: bc.writer_pid(p.pid) for k, p in proxies.items()})
         pids = [upstream.pid, a.pid, b.pid, *env.writers.values()]
