@@ -15,7 +15,7 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -533,13 +533,12 @@ def _background(make: Callable[[], Coroutine[Any, Any, None]], name: str) -> asy
     return asyncio_utils.create_task(make(), name=name, keep_ref=True)
 
 
-def _is_event_stream(headers: dict[str, str]) -> bool:
+def _is_event_stream(headers: Mapping[str, str]) -> bool:
     return headers.get("content-type", "").startswith("text/event-stream")
 
 
 def _is_stream(resp: http.Response, kind: str | None) -> bool:
-    ctype = resp.headers.get("content-type", "")
-    return ctype.startswith("text/event-stream") or kind == "stream_generate"
+    return _is_event_stream(resp.headers) or kind == "stream_generate"
 
 
 def _inject_include_usage(req: http.Request) -> bool:

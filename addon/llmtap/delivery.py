@@ -22,11 +22,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from . import retry, upstream
+from .cache import AUTH_HEADERS
 from .headers import HeaderError
 from .policies import Fallback, PolicyError, RetryPolicy, expand_env, fallbacks_policy
 from .upstream import Reply
 
-_KEY_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "x-goog-api-key"})
+_KEY_HEADERS = frozenset(AUTH_HEADERS)  # the headers that carry an API key, as the cache key reads them
 
 
 @dataclass(slots=True)

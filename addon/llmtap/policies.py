@@ -46,7 +46,7 @@ class RateLimitPolicy:
 
     def spec(self) -> str:
         """Helicone's normalised form: `100;w=60;s=user` (u=request and the global segment dropped)."""
-        parts = [_plain(self.quota), f"w={_plain(self.window)}"]
+        parts = [plain_number(self.quota), f"w={plain_number(self.window)}"]
         if self.unit != "request":
             parts.append(f"u={self.unit}")
         if self.segment:
@@ -62,7 +62,7 @@ class RetryPolicy:
     max_timeout: float = 10.0
 
 
-def _plain(x: float) -> str:
+def plain_number(x: float) -> str:
     """A number as Helicone's grammar writes it: never in exponent form."""
     return str(int(x)) if x == int(x) else repr(x)
 

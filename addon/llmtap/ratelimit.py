@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .headers import HeaderError
-from .policies import PolicyError, RateLimitPolicy, rate_limit_policy
+from .policies import PolicyError, RateLimitPolicy, plain_number, rate_limit_policy
 
 HEADER = "Helicone-RateLimit-Policy"
 _QUOTA = re.compile(r"^\d+(\.\d+)?$")
@@ -180,7 +180,7 @@ def headers_for(states: list[State], limited: bool) -> dict[str, str]:
         else min(states, key=lambda s: s.remaining / s.limit.policy.quota)
     )
     out = {
-        "Helicone-RateLimit-Limit": _num(tight.limit.policy.quota),
+        "Helicone-RateLimit-Limit": plain_number(tight.limit.policy.quota),
         "Helicone-RateLimit-Remaining": str(max(0, math.floor(tight.remaining))),
         "Helicone-RateLimit-Policy": tight.limit.policy.spec(),
     }
@@ -190,7 +190,3 @@ def headers_for(states: list[State], limited: bool) -> dict[str, str]:
         out["Retry-After"] = str(max(1, math.ceil(tight.retry_after)))
         out["X-Helicone-Error"] = "rate_limited"
     return out
-
-
-def _num(x: float) -> str:
-    return str(int(x)) if x == int(x) else repr(x)

@@ -61,7 +61,6 @@ class WriterProcess:
         )
         self.queued = 0
         self.dropped = 0
-        self._warned_dead = False
 
     def start(self) -> None:
         self._proc.start()
