@@ -11,7 +11,8 @@ What is measured (issue 5: every built-in report < 1 s on this machine at 10M ro
   properties {"feature", "env"} on 85 % of rows, created_at spread over the 90 days up to now in
   insertion order (as the writer appends), ~3 % errors (429s, a third of them answered by llmtap's
   own rate limiter, 5xx, 4xx, connection failures), ~15 % cache HITs pointing at an earlier MISS
-  row (the original's model and tokens, cost 0, cost_saved_usd = the original's cost), streams
+  row (the original's model and tokens, cost 0, cost_saved_usd = the original's cost,
+  latency_saved_ms = the original's latency), streams
   with time to first token, retries, DECIMAL(18,9) costs; plus feedback (with re-ratings) on ~1 %
   and scores (accuracy, is_safe) on ~1 % of calls. Bodies are NULL (no report reads them; DuckDB
   stores columns apart, so they would add file size, not report time);
@@ -25,15 +26,16 @@ What is measured (issue 5: every built-in report < 1 s on this machine at 10M ro
   (OpenAI chat and stream, Responses, Anthropic message and stream, Gemini, a 429, a cache hit;
   ~4.6 KiB of request + response body per row on average, streams the largest), replicated with
   distinct request ids (100,000 rows; --quick 40,000), then written by `Store.flush` in the
-  writer's batches (`batch_size` 2,000 rows per flush, each flush opening the file, checking
-  migrations, one `INSERT ... SELECT unnest(?)`, committing and closing), into a fresh file and
-  appended to the big file: rows/s, target >= 50k. One flush is also taken apart step by step,
-  with the INSERT's parameter binding alone and the INSERT with short bodies, to show where the
-  time goes; (b) end to end: a started `Store` fed captures through `submit` (20,000; --quick
-  5,000), its thread running `to_row` (body decoding and usage extraction, genai-prices pricing)
-  per capture, until `close()` has written all of them: rows/s, information only, CPU-bound on
-  `to_row`, which is also timed alone per capture kind, with its usage and pricing parts. In the
-  proxy the same loop runs in the `llmtap-writer` child process (writerproc.py), on its own core.
+  writer's batches (`batch_size` 5,000 rows per flush, each flush attaching the file to the
+  writer's in-memory DuckDB, checking migrations, appending with DuckDB's appender, committing and
+  detaching), into a fresh file and appended to the big file: rows/s, target >= 50k; and the same
+  rows without bodies (as Helicone-Omit-Request/-Response store them) into a fresh file. One flush
+  is also taken apart step by step, and with short bodies, to show where the time goes; (b) end to
+  end: a started `Store` fed captures through `submit` (20,000; --quick 5,000), its thread running
+  `to_row` (body decoding and usage extraction, genai-prices pricing) per capture, until `close()`
+  has written all of them: rows/s, information only, CPU-bound on `to_row`, which is also timed
+  alone per capture kind, with its usage and pricing parts. In the proxy the same loop runs in the
+  `llmtap-writer` child process (writerproc.py), on its own core.
 
 Defaults take about 2.5 minutes on 2 cores (generation ~45 s), --quick about 40 s. Progress goes
 to stderr, the results to stdout: targets with ratio and PASS/MISS first, then the details.
@@ -76,7 +78,7 @@ from llmtap.headers import CallMeta  # noqa: E402
 from llmtap.migrations import migrate  # noqa: E402
 from llmtap.providers import path_model  # noqa: E402
 from llmtap.record import COLUMNS, Capture, decoded_response, to_row  # noqa: E402
-from llmtap.store import _INSERT, Store  # noqa: E402
+from llmtap.store import Store, _append  # noqa: E402
 
 REPORT_TARGET_S = 1.0
 INGEST_TARGET = 50_000  # rows/s
@@ -85,7 +87,7 @@ DAYS = 90
 USERS = 2_000
 SESSIONS = 50_000
 SESSION_CONCURRENCY = 8  # sessions interleaved in one stretch of time
-BATCH = 2_000  # Store's default batch_size
+BATCH = 5_000  # Store's default batch_size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,7 +233,8 @@ SELECT
     CASE WHEN hit THEN cost END,
     rate_limited,
     CASE WHEN u(i, 31) < 0.2 THEN (CASE WHEN u(i, 32) < 0.85 THEN 0 WHEN u(i, 32) < 0.97 THEN 1 ELSE 2 END) END,
-    NULL, NULL
+    NULL, NULL,
+    CASE WHEN hit THEN round(250 + inp * 0.02 + outp * {_col(7)}[m] * (0.7 + 0.6 * u(c, 20)), 3) END
 FROM (
     SELECT *,
         CAST(round(((inp - cr - cw) * {_col(5)}[m] + cr * {_col(5)}[m] * 0.25 + cw * {_col(5)}[m] * 1.25
@@ -368,7 +371,8 @@ def _facts(conn: duckdb.DuckDBPyConnection) -> dict[str, Any]:
         """SELECT count(*) FROM requests AS h LEFT JOIN requests AS o ON o.request_id = h.cache_reference_id
            WHERE h.cache_status = 'HIT' AND (o.request_id IS NULL OR o.cache_status IS DISTINCT FROM 'MISS'
                  OR o.created_at >= h.created_at OR o.model IS DISTINCT FROM h.model
-                 OR o.cost_usd IS DISTINCT FROM h.cost_saved_usd)"""
+                 OR o.cost_usd IS DISTINCT FROM h.cost_saved_usd
+                 OR (o.status = 200 AND o.latency_ms IS DISTINCT FROM h.latency_saved_ms))"""
     ).fetchone()
     facts["hits_not_matching_their_original"] = bad[0] if bad else None
     fb = conn.execute("SELECT count(*), count(DISTINCT request_id) FROM feedback").fetchone()
@@ -865,46 +869,39 @@ def insert_path(path: Path, rows: list[tuple[Any, ...]]) -> dict[str, Any]:
 
 
 def flush_breakdown(tmp: Path, rows: list[tuple[Any, ...]], reps: int = 5) -> dict[str, float]:
-    """Where a 2,000-row flush's time goes, in ms (medians of `reps`): Store.flush's steps one by one
-    (connect, migrations check, BEGIN + INSERT + COMMIT, close: DuckDB checkpoints the WAL into the
-    file when the last connection closes); then, on an open connection, the INSERT's SELECT alone
-    (binding and casting the Python lists, no insert) and the INSERT with bodies cut to 200 chars."""
+    """Where one batch_size flush's time goes, in ms (medians of `reps`): Store.flush's steps one by one
+    on the writer's long-lived in-memory DuckDB (ATTACH the file, migrations check, BEGIN + append +
+    COMMIT, DETACH: DuckDB checkpoints the WAL into the file as it lets go of it), then the same
+    BEGIN + append + COMMIT with bodies cut to 200 characters, to show what the bodies cost."""
     path = tmp / "breakdown.duckdb"
     batch = rows[:BATCH]
-    cols = [list(col) for col in zip(*batch, strict=True)]
-    cut = [list(col) for col in zip(*(_cut_bodies(r) for r in batch), strict=True)]
-    select = "SELECT count(*) FROM (SELECT " + _INSERT.split(" SELECT ", 1)[1] + ")"
+    cut = [_cut_bodies(r) for r in batch]
     with duckdb.connect(str(path)) as conn:
         migrate(conn)
-    steps: dict[str, list[float]] = {"connect": [], "migrations_check": [], "insert_commit": [], "close": []}
+    conn = duckdb.connect(":memory:", config={"threads": 1})
+    steps: dict[str, list[float]] = {"attach": [], "migrations_check": [], "insert_commit": [], "detach": []}
+    short: list[float] = []
     for _ in range(reps):
-        t0 = time.perf_counter()
-        conn = duckdb.connect(str(path), config={"threads": 1})
-        t1 = time.perf_counter()
-        migrate(conn)
-        t2 = time.perf_counter()
-        conn.execute("BEGIN TRANSACTION")
-        conn.execute(_INSERT, cols)
-        conn.execute("COMMIT")
-        t3 = time.perf_counter()
-        conn.close()
-        t4 = time.perf_counter()
-        for key, a, b in zip(steps, (t0, t1, t2, t3), (t1, t2, t3, t4), strict=True):
-            steps[key].append((b - a) * 1e3)
+        for part, times in ((batch, steps), (cut, {"insert_commit": short})):
+            t0 = time.perf_counter()
+            conn.execute(f"ATTACH '{path}' AS f")
+            conn.execute("USE f")
+            t1 = time.perf_counter()
+            migrate(conn)
+            t2 = time.perf_counter()
+            conn.execute("BEGIN TRANSACTION")
+            _append(conn, part, BATCH)
+            conn.execute("COMMIT")
+            t3 = time.perf_counter()
+            conn.execute("USE memory")
+            conn.execute("DETACH f")
+            t4 = time.perf_counter()
+            for key, a, b in zip(steps, (t0, t1, t2, t3), (t1, t2, t3, t4), strict=True):
+                if key in times:
+                    times[key].append((b - a) * 1e3)
+    conn.close()
     out = {f"{k}_ms": statistics.median(v) for k, v in steps.items()}
-
-    def timed(fn: Callable[[], object]) -> float:
-        values = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            fn()
-            values.append((time.perf_counter() - t) * 1e3)
-        return statistics.median(values)
-
-    with duckdb.connect(str(path), config={"threads": 1}) as conn:
-        out["bind_select_ms"] = timed(lambda: conn.execute(select, cols).fetchall())
-        out["insert_short_bodies_ms"] = timed(lambda: conn.execute(_INSERT, cut))
-        out["insert_ms"] = timed(lambda: conn.execute(_INSERT, cols))
+    out["insert_commit_short_bodies_ms"] = statistics.median(short)
     return out
 
 
@@ -912,7 +909,7 @@ def _cut_bodies(row: tuple[Any, ...], keep: int = 200) -> tuple[Any, ...]:
     r = list(row)
     for name in ("request_body", "response_body"):
         k = COLUMNS.index(name)
-        r[k] = r[k][:keep] if r[k] else r[k]
+        r[k] = (r[k][:keep] or None) if r[k] else r[k]
     return tuple(r)
 
 
@@ -970,6 +967,8 @@ def ingest(tmp: Path, big: Path, counts: Counts, log: Callable[[str], None]) -> 
     fresh = insert_path(tmp / "ingest.duckdb", rows)
     log(f"  insert path: {len(rows):,} rows appended to the {_human_rows(_count(big))}-row file")
     appended = insert_path(big, rows)
+    log(f"  insert path: {len(rows):,} rows without bodies into a fresh file")
+    no_bodies = insert_path(tmp / "no_bodies.duckdb", [_cut_bodies(r, keep=0) for r in rows])
     breakdown = flush_breakdown(tmp, rows)
     log(f"  end to end: {counts.e2e_captures:,} captures through Store.submit")
     e2e = end_to_end(tmp / "e2e.duckdb", kinds, counts.e2e_captures)
@@ -979,6 +978,7 @@ def ingest(tmp: Path, big: Path, counts: Counts, log: Callable[[str], None]) -> 
         "batch_size": BATCH,
         "insert_fresh": fresh,
         "insert_appended": appended,
+        "insert_no_bodies": no_bodies,
         "flush_breakdown_ms": breakdown,
         "end_to_end": e2e,
     }
@@ -1102,6 +1102,13 @@ def summary(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
             verdict(appended["pass"]),
         ),
         (
+            "writer insert path, rows without bodies, fresh file",
+            f"{ing['insert_no_bodies']['rows_per_s']:,.0f} rows/s",
+            f"{ing['insert_no_bodies']['rows_per_s'] / INGEST_TARGET:.2f}x",
+            f">= {INGEST_TARGET // 1000}k/s",
+            verdict(ing["insert_no_bodies"]["pass"]),
+        ),
+        (
             "writer end to end (submit -> to_row -> flush)",
             f"{e2e['rows_per_s']:,.0f} rows/s",
             f"{e2e['rows_per_s'] / INGEST_TARGET:.2f}x",
@@ -1132,14 +1139,12 @@ def render(r: dict[str, Any]) -> str:
         f"The {target_k} rows/s target applies to the insert path (Store.flush of pre-built rows): "
         f"{verdict(fresh['pass'])}, {fresh['rows_per_s']:,.0f} rows/s",
         f"= {1e6 / fresh['rows_per_s']:.0f} us per row; a {BATCH:,}-row flush took "
-        f"{fresh['flush_p50_ms']:.0f} ms (p50). Its steps, timed apart: connect "
-        f"{bd['connect_ms']:.0f} ms,",
-        f"migrations check {bd['migrations_check_ms']:.0f} ms, BEGIN + INSERT + COMMIT "
-        f"{bd['insert_commit_ms']:.0f} ms, close (checkpoint) {bd['close_ms']:.0f} ms. "
-        f"On an open connection the INSERT",
-        f"takes {bd['insert_ms']:.0f} ms, of which binding and casting the {len(COLUMNS)} Python lists "
-        f"(its SELECT unnest(?) alone) {bd['bind_select_ms']:.0f} ms;",
-        f"with bodies cut to 200 characters the INSERT takes {bd['insert_short_bodies_ms']:.0f} ms.",
+        f"{fresh['flush_p50_ms']:.0f} ms (p50). Its steps, timed apart: ATTACH "
+        f"{bd['attach_ms']:.0f} ms,",
+        f"migrations check {bd['migrations_check_ms']:.0f} ms, BEGIN + append + COMMIT "
+        f"{bd['insert_commit_ms']:.0f} ms, DETACH (checkpoint) {bd['detach_ms']:.0f} ms; "
+        f"with bodies cut to 200",
+        f"characters BEGIN + append + COMMIT takes {bd['insert_commit_short_bodies_ms']:.0f} ms.",
         f"End to end is information only: each row first costs a to_row call, {min(to_row_us.values()):.0f}-"
         f"{max(to_row_us.values()):.0f} us per capture kind",
         f"(streams: {stream_usage:.0%} of it scanning the SSE body; JSON answers: {json_pricing:.0%} "
@@ -1183,6 +1188,7 @@ def render(r: dict[str, Any]) -> str:
     for key, label in (
         ("insert_fresh", "insert path, fresh file"),
         ("insert_appended", "insert path, appended"),
+        ("insert_no_bodies", "insert path, no bodies"),
     ):
         x = ing[key]
         out.append(

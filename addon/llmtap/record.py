@@ -67,6 +67,7 @@ ROW_SCHEMA: tuple[tuple[str, str], ...] = (
     ("retries", "INTEGER"),
     ("attempts", "JSON"),
     ("fallback_index", "INTEGER"),
+    ("latency_saved_ms", "DOUBLE"),
 )
 COLUMNS: tuple[str, ...] = tuple(name for name, _ in ROW_SCHEMA)
 TYPES: tuple[str, ...] = tuple(kind for _, kind in ROW_SCHEMA)
@@ -223,6 +224,7 @@ def _hit(entry: Entry, requested_model: str | None) -> dict[str, Any]:
         usage_source=entry.usage_source,
         cost_usd=Decimal(0),
         cost_saved_usd=entry.cost_usd,
+        latency_saved_ms=entry.latency_ms,
         cost_note=f"cache hit of {entry.request_id}",
         cache_reference_id=entry.request_id,
     )

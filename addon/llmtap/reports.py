@@ -352,17 +352,14 @@ def _grouped(
     *,
     fixed: Sequence[tuple[str, str]] = (),
     outer: Sequence[tuple[str, str]] | None = None,
-    side: tuple[str, str, str, str] | None = None,
 ) -> str:
     """SELECT <groups>, <measures> FROM r ... GROUP BY <groups>, then ordered (time first) and limited.
 
     `outer` re-shapes the grouped row (e.g. list elements into columns); `fixed` are groups every
-    row of the report has (errors: status and error). `side` = (name, aggregate, join, condition)
-    is one more measure computed over its own join of the same rows and groups, then matched to
-    the groups (so that join cannot multiply the other measures' rows).
+    row of the report has (errors: status and error).
     """
     names = [n for _, n in measures] + [n for _, n in outer or ()] + [n for _, n in fixed]
-    g = _grouping(by, p, [*names, *(side[:1] if side else ())])
+    g = _grouping(by, p, names)
     keys = g.columns + list(fixed)
     select = ",\n       ".join(f"{e} AS {_ident(n)}" for e, n in [*keys, *measures])
     group = f"GROUP BY {', '.join(str(i + 1) for i in range(len(keys)))}" if keys else ""
@@ -371,16 +368,6 @@ def _grouped(
         [f"{e} AS {_ident(n)}" for e, n in outer] if outer is not None else [_ident(n) for _, n in measures]
     )
     body = f"_g AS (\n{inner}\n)"
-    if side is not None:
-        name, aggregate, join, cond = side
-        select = "".join(f"{e} AS {_ident(n)}, " for e, n in keys) + f"{aggregate} AS {_ident(name)}"
-        on = " AND ".join(f"_g0.{_ident(n)} IS NOT DISTINCT FROM _h.{_ident(n)}" for _, n in keys)
-        body = (
-            f"_g0 AS (\n{inner}\n),\n_h AS (\nSELECT {select}\nFROM r\n{' '.join([*g.joins, join])}\n"
-            f"WHERE {cond}\n{group}\n),\n_g AS (SELECT _g0.*, _h.{_ident(name)} FROM _g0"
-            f" LEFT JOIN _h ON {on or 'true'})"
-        )
-        shown.append(_ident(name))
     ordering = [f"{_ident(t)} ASC" for t in g.time] + [order]
     ordering += [f"{_ident(n)} ASC NULLS LAST" for _, n in keys if n not in g.time]
     limit = f"\nLIMIT {p(opts.limit)}" if opts.limit else ""
@@ -409,17 +396,11 @@ def _cache(where: list[str], p: _Params, opts: Options, by: Sequence[Dimension])
         ("count(*) FILTER (WHERE r.cache_status = 'MISS')", "misses"),
         (f"round(100 * {hits} / count(*), 1)", "hit_pct"),
         ("sum(r.cost_saved_usd)", "cost_saved_usd"),
+        ("sum(r.latency_saved_ms)", "latency_saved_ms"),
     ]
-    # Each hit's original call, wherever it is (it may predate --since): what the hit did not wait.
-    saved = (
-        "latency_saved_ms",
-        "sum(_o.latency_ms)",
-        "JOIN requests AS _o ON _o.request_id = r.cache_reference_id",
-        "r.cache_status = 'HIT'",
-    )
     return _grouped(
         [*where, "cache_status IN ('HIT', 'MISS')"], p, opts, by, measures,
-        "hits DESC, cost_saved_usd DESC NULLS LAST", side=saved,
+        "hits DESC, cost_saved_usd DESC NULLS LAST",
     )  # fmt: skip
 
 

@@ -24,7 +24,8 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,11 +50,9 @@ from .tee import client_view_of
 
 logger = logging.getLogger(__name__)
 
-_INSERT = "INSERT INTO requests ({cols}) SELECT {unnests}".format(
-    cols=", ".join(COLUMNS),
-    unnests=", ".join(f"unnest(?::{t}[])" for t in TYPES),
-)
 _WARN_EVERY = 30.0
+_DECIMALS = [k for k, kind in enumerate(TYPES) if kind.startswith("DECIMAL")]
+_FILE = "llmtap_file"  # the database file's catalog name while attached
 
 
 @dataclass(slots=True)
@@ -71,7 +70,7 @@ class Store:
         path: str,
         queue_size: int = 10_000,
         flush_interval: float = 1.0,
-        batch_size: int = 2_000,
+        batch_size: int = 5_000,
         cache: CacheStore | None = None,
         source: Any = None,
         on_flush: Callable[[Stats], None] | None = None,
@@ -92,6 +91,7 @@ class Store:
         self._annotations: list[Annotation] = []  # feedback, scores, properties: applied after the rows
         self._thread: threading.Thread | None = None
         self._migrated = False
+        self._duck: duckdb.DuckDBPyConnection | None = None  # see _attached
         self._locked = False  # the last write failed on another process's lock (worth waiting for)
         self._last_warning: dict[str, float] = {}
         self._started = time.monotonic()
@@ -139,6 +139,9 @@ class Store:
             if due or stopping:
                 last_flush = time.monotonic()
         self._final_flush()
+        if self._duck is not None:
+            self._duck.close()
+            self._duck = None
 
     def _final_flush(self, patience: float = 5.0) -> None:
         """At shutdown a reader may hold the file for a moment: keep trying, then say what is lost."""
@@ -232,14 +235,11 @@ class Store:
         if not rows and not notes and self._migrated:
             return True
         try:
-            # One DuckDB thread: a batch insert needs no more, and the proxy needs the other cores.
-            with duckdb.connect(self.path, config={"threads": 1}) as conn:
+            with self._attached() as conn:
                 migrate(conn)  # every open: the file may have been replaced while we run
                 self._migrated = True
                 conn.execute("BEGIN TRANSACTION")
-                for start in range(0, len(rows), self.batch_size):
-                    part = rows[start : start + self.batch_size]
-                    conn.execute(_INSERT, [list(col) for col in zip(*part, strict=True)])
+                _append(conn, rows, self.batch_size)
                 _annotate(conn, notes)
                 conn.execute("COMMIT")
         except Exception as e:
@@ -261,6 +261,30 @@ class Store:
             self.on_flush(self.stats)
         return True
 
+    @contextmanager
+    def _attached(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The database file, attached for one flush to a long-lived in-memory DuckDB.
+
+        Attaching takes ~2 ms where a fresh `duckdb.connect` takes ~15 ms (a new DuckDB instance
+        each time, a third of a 2,000-row flush). Detaching checkpoints and releases the file lock
+        as closing would. On any failure the instance is closed, which releases the file whatever
+        state the transaction was in, and a new one is made at the next flush."""
+        if self._duck is None:
+            # One DuckDB thread: a batch insert needs no more, and the proxy needs the other cores.
+            self._duck = duckdb.connect(":memory:", config={"threads": 1})
+        conn = self._duck
+        quoted = "'" + self.path.replace("'", "''") + "'"
+        try:
+            conn.execute(f"ATTACH {quoted} AS {_FILE}")
+            conn.execute(f"USE {_FILE}")
+            yield conn
+            conn.execute("USE memory")
+            conn.execute(f"DETACH {_FILE}")
+        except BaseException:
+            self._duck = None
+            conn.close()
+            raise
+
     def _warn(self, key: str, message: str) -> None:
         """Loud but not flooding; WARNING during startup, where an ERROR would stop mitmdump."""
         now = time.monotonic()
@@ -269,6 +293,21 @@ class Store:
         self._last_warning[key] = now
         level = logging.ERROR if now - self._started > 5 else logging.WARNING
         logger.log(level, message)
+
+
+def _append(conn: duckdb.DuckDBPyConnection, rows: list[tuple[Any, ...]], batch_size: int) -> None:
+    """Insert rows with DuckDB's appender: it converts each Python value straight into a column
+    vector, 2-3x faster than binding one list parameter per column (`scripts/bench_reports.py`).
+    Costs go in as their exact decimal text, which DuckDB converts ~1 us faster than a Decimal."""
+    appender = conn.appender("requests", columns=list(COLUMNS))
+    for start in range(0, len(rows), batch_size):
+        for row in rows[start : start + batch_size]:
+            values = list(row)
+            for k in _DECIMALS:
+                if values[k] is not None:
+                    values[k] = str(values[k])
+            appender.append_row(*values)
+        appender.flush()
 
 
 def _annotate(conn: duckdb.DuckDBPyConnection, notes: list[Annotation]) -> None:

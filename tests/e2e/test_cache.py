@@ -64,6 +64,7 @@ def test_second_call_is_a_hit_and_never_reaches_the_provider(gateway: Proxy, fak
     assert hit["request_id"] == second.headers["helicone-id"] != miss["request_id"]
     assert hit["cache_reference_id"] == miss["request_id"]
     assert hit["cost_usd"] == Decimal(0) and hit["cost_saved_usd"] == miss["cost_usd"] > 0
+    assert hit["latency_saved_ms"] == miss["latency_ms"] > 0 and miss["latency_saved_ms"] is None
     for col in ("input_tokens", "output_tokens", "cache_read_tokens", "model", "usage_source"):
         assert hit[col] == miss[col]
     assert (hit["input_tokens"], hit["cache_read_tokens"]) == (1000, 200)

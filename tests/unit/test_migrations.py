@@ -53,6 +53,7 @@ EXPECTED = {
     "retries": "INTEGER",
     "attempts": "JSON",
     "fallback_index": "INTEGER",
+    "latency_saved_ms": "DOUBLE",
 }
 
 
@@ -103,6 +104,36 @@ def test_upgrade_from_m001_keeps_rows(db: duckdb.DuckDBPyConnection) -> None:
     assert migrate(db) == [fn.__name__ for fn in MIGRATIONS[1:]]
     assert columns(db, "requests") == EXPECTED
     assert db.execute("SELECT request_id, cache_status FROM requests").fetchall() == [("old", None)]
+
+
+def test_m006_backfills_hits_from_their_originals(db: duckdb.DuckDBPyConnection) -> None:
+    """Hits written before m006 get their original's latency; cache_savings keeps its comments."""
+    for fn in MIGRATIONS[:5]:
+        migrate_one(db, fn)
+    db.execute(
+        "INSERT INTO requests (request_id, created_at, latency_ms, cache_status, cache_reference_id) VALUES"
+        " ('orig', now(), 1234.5, 'MISS', NULL), ('hit1', now(), 3, 'HIT', 'orig'),"
+        " ('hit2', now(), 4, 'HIT', 'gone'), ('plain', now(), 99, NULL, NULL)"
+    )
+    assert migrate(db) == ["m006_latency_saved"]
+    got = db.execute("SELECT request_id, latency_saved_ms FROM requests ORDER BY request_id").fetchall()
+    assert got == [("hit1", 1234.5), ("hit2", None), ("orig", None), ("plain", None)]
+    view = db.execute("SELECT hits, latency_saved_ms FROM cache_savings").fetchall()
+    assert view == [(2, 1234.5)]
+    sql = "SELECT column_name, comment FROM duckdb_columns() WHERE table_name = 'cache_savings'"
+    comments = dict(db.execute(sql).fetchall())
+    assert comments["hits"] == "Calls answered from the cache."
+    assert comments["latency_saved_ms"].startswith("Sum of latency_saved_ms")
+
+
+def migrate_one(db: duckdb.DuckDBPyConnection, fn: migrations.Migration) -> None:
+    """Apply one migration as `migrate` would, to build a file as an older release left it."""
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS _llmtap_migrations"
+        " (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)"
+    )
+    fn(db)
+    db.execute("INSERT INTO _llmtap_migrations VALUES (?, now())", [fn.__name__])
 
 
 def test_migrate_is_idempotent(db: duckdb.DuckDBPyConnection) -> None:

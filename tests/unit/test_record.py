@@ -58,6 +58,7 @@ def test_openai_chat_row() -> None:
         "error": None,
         "cache_status": None, "cache_reference_id": None, "cost_saved_usd": None,
         "rate_limited": False, "retries": None, "attempts": None, "fallback_index": None,
+        "latency_saved_ms": None,
     }  # fmt: skip
 
 
@@ -216,6 +217,7 @@ def test_cache_hit_row() -> None:
     assert (r["cache_status"], r["cache_reference_id"]) == ("HIT", ORIGINAL_ID)
     assert r["cost_usd"] == Decimal(0) and isinstance(r["cost_usd"], Decimal)
     assert r["cost_saved_usd"] == Decimal("0.004720000")
+    assert r["latency_saved_ms"] == 812.5, "the original's latency, what the hit did not wait"
     assert (r["model"], r["input_tokens"], r["output_tokens"]) == ("gpt-4o-2024-08-06", 1200, 300)
     assert (r["cache_read_tokens"], r["cache_write_tokens"], r["reasoning_tokens"]) == (1024, 0, 128)
     assert r["usage_source"] == "response"

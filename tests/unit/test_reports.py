@@ -67,12 +67,18 @@ SCORES = [("r01", "accuracy", 90, "2025-06-04 00:00"), ("r01", "accuracy", 70, "
           ("r04", "is_safe", 1, "2025-06-04 00:00"), ("r11", "is_safe", 0, "2025-06-04 00:00")]  # fmt: skip
 
 
-def load(conn: duckdb.DuckDBPyConnection) -> None:
+def load(conn: duckdb.DuckDBPyConnection, latency_saved: bool = True) -> None:
     marks = ", ".join("?" * len(DATA[0]))
     for row in DATA:
         values = list(row)
         values[1] = datetime.fromisoformat(values[1]).replace(tzinfo=UTC)
         conn.execute(f"INSERT INTO requests ({COLUMNS}) VALUES ({marks})", values)
+    # As the writer records it: a hit carries its original's latency (record._hit).
+    if latency_saved:
+        conn.execute(
+            "UPDATE requests AS h SET latency_saved_ms = o.latency_ms FROM requests AS o"
+            " WHERE h.cache_status = 'HIT' AND o.request_id = h.cache_reference_id"
+        )
     for rid, rating, at in FEEDBACK:
         conn.execute("INSERT INTO feedback VALUES (?, ?, ?)", [rid, rating, f"{at}+00"])
     for rid, name, value, at in SCORES:
@@ -703,9 +709,13 @@ def test_report_on_an_older_file_brings_it_up_to_date(capsys: Out, tmp_path: Pat
         for fn in MIGRATIONS[:4]:
             fn(conn)
             conn.execute("INSERT INTO _llmtap_migrations VALUES (?, now())", [fn.__name__])
-        load(conn)
+        load(conn, latency_saved=False)  # m004 had no latency_saved_ms column
     code, out, _ = run(capsys, "report", "summary", "--db", str(path), "--format", "json")
     assert code == 0 and json.loads(out)["calls"] == 12
+    code, out, _ = run(capsys, "report", "cache", "--db", str(path), "--format", "json")
+    assert code == 0
+    saved = {r["model"]: r["latency_saved_ms"] for r in json.loads(out)}
+    assert saved == {"gpt-4o": 1000.0, "gpt-4o-mini": 400.0}, "m006 backfilled the hits from their originals"
 
 
 @pytest.mark.parametrize("name", list(reports.REPORTS))
