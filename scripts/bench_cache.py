@@ -145,28 +145,6 @@ async def sequential(port: int, requests: list[bytes], seen: Seen) -> Samples:
 # --- processes ------------------------------------------------------------------------------------
 
 
-def writer_pid(parent: int) -> int | None:
-    """The llmtap-writer child (multiprocessing spawn) of the tap mitmdump."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmdline = (entry / "cmdline").read_bytes()
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == parent and b"spawn_main" in cmdline:
-            return int(entry.name)
-    return None
-
-
-def cpu(pid: int | None) -> float:
-    try:
-        return bo.cpu_seconds(pid) if pid is not None else float("nan")
-    except OSError:
-        return float("nan")
-
-
 def cache_entries(path: Path) -> int:
     with closing(sqlite3.connect(path, timeout=5)) as conn:
         return int(conn.execute("SELECT count(*) FROM entries").fetchone()[0])
@@ -212,20 +190,6 @@ class Env:
     cache_file: Path
 
 
-async def writer_quiet(pid: int | None, quiet: float = 1.3, step: float = 0.1, limit: float = 10.0) -> None:
-    """Wait until the llmtap-writer has used no CPU for `quiet` s: longer than its flush interval
-    (llmtap_flush_ms, 1 s by default), so its DuckDB flush of a batch's rows has happened too and
-    cannot land in the next measurement."""
-    if pid is None:
-        return
-    start = last_busy = time.perf_counter()
-    used = cpu(pid)
-    while (now := time.perf_counter()) - last_busy < quiet and now - start < limit:
-        await asyncio.sleep(step)
-        if (current := cpu(pid)) != used:
-            used, last_busy = current, time.perf_counter()
-
-
 async def measure_into(
     variant: Variant, env: Env, proxy: Proc | None, port: int, requests: list[bytes], saves: int = 0
 ) -> int:
@@ -233,14 +197,14 @@ async def measure_into(
     for the writer to go idle; its CPU per request includes that drain. Returns the entries saved."""
     seen = Seen()
     before = cache_entries(env.cache_file)
-    w0 = cpu(env.writer)
+    w0 = bo.cpu(env.writer)
     phase = await bo.measure(sequential(port, requests, seen), proxy, env.upstream)
     saved = 0
     if proxy is env.tap:
         if saves:
             saved = (await wait_entries(env.cache_file, before + saves))[0] - before
-        await writer_quiet(env.writer)
-        variant.writer_us.append(1e6 * (cpu(env.writer) - w0) / max(phase.requests, 1))
+        await bo.writer_quiet(env.writer)
+        variant.writer_us.append(1e6 * (bo.cpu(env.writer) - w0) / max(phase.requests, 1))
     variant.rounds.append(phase)
     variant.seen.merge(seen)
     return saved
@@ -262,7 +226,7 @@ async def proxy_phases(env: Env, counts: Counts, log: Callable[[str], None]) -> 
     await sequential(env.tap.port, [hit_req], first)
     entries, waited = await wait_entries(env.cache_file, before + 1)
     await sequential(env.tap.port, [hit_req] * counts.warmup, Seen())  # warm the hit path
-    await writer_quiet(env.writer)
+    await bo.writer_quiet(env.writer)
     fill = {"first_reply": first.cache, "saved": entries - before, "save_wait_ms": 1000 * waited}
 
     direct = Variant("direct to upstream (reference)")
@@ -299,7 +263,7 @@ async def proxy_phases(env: Env, counts: Counts, log: Callable[[str], None]) -> 
     entries, _ = await wait_entries(env.cache_file, before + BUCKET)
     bucket = Variant(f"tap, cache HIT, bucket of {BUCKET}")
     await sequential(env.tap.port, [bucket_req] * counts.warmup, Seen())
-    await writer_quiet(env.writer)
+    await bo.writer_quiet(env.writer)
     await measure_into(bucket, env, env.tap, env.tap.port, [bucket_req] * counts.bucket_requests)
 
     return {
@@ -451,7 +415,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         started.append(bare)
         tap = bo.start_tap("tap", upstream.port, tmp, started)
         bo.wait_ready(bare)
-        env = Env(upstream, bare, tap, writer_pid(tap.pid), tmp / "tap-cache.sqlite")
+        env = Env(upstream, bare, tap, bo.writer_pid(tap.pid), tmp / "tap-cache.sqlite")
         result["proxies"] = asyncio.run(proxy_phases(env, counts, log))
         result["cache_entries_at_end"] = cache_entries(env.cache_file)
         result["log_errors"] = {p.name: bo.count_log_errors(p)[:5] for p in (bare, tap)}

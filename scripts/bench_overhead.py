@@ -12,12 +12,16 @@ What is measured (all over loopback HTTP/1.1 keep-alive, reverse mode, quiet mit
   warm-up ("flat" = at most 5 MiB growth, TARGET_RSS_GROWTH_MIB), and the DuckDB row count once it
   has been stopped with SIGTERM (which flushes);
 - CPU seconds of the proxy, the upstream and this client per phase (/proc/PID/stat), so a reader can
-  see that the proxy, not the upstream or the client, is the saturated process.
+  see that the proxy, not the upstream or the client, is the saturated process; and the tap's
+  `llmtap-writer` child per request. After each tap phase the run waits for the writer to go idle
+  (its last flush included), so that work is counted for the tap and cannot slow the next phase.
 
 How: the upstream is a minimal asyncio server in its own process (`--upstream fake` uses
 llmtap.fakeprovider instead, for a cross-check only: it is far slower than mitmdump). Every proxy is
 its own process and is measured alone while the others sit idle. Rounds are interleaved (bare, tap,
-tap, bare...) to spread drift; req/s and latency percentiles are the median of the rounds, TTFT
+tap, bare...) to spread drift. The throughput ratio is the median of the per-round tap/bare ratios
+(each pair ran back to back, so drift of this shared machine cancels out of it; the ratio of the
+medians is printed too); req/s and latency percentiles are the median of the rounds, TTFT
 percentiles are over the pooled samples. The client is a raw asyncio HTTP/1.1 client in this
 process. Targets print PASS/MISS; the exit code is 0 unless something crashes (this is a
 measurement, not a test).
@@ -77,8 +81,8 @@ class Counts:
     memory_warmup: int
 
 
-DEFAULT = Counts(5, 2000, 5.0, 100, 20, 20_000, 500)
-QUICK = Counts(2, 300, 1.5, 20, 5, 3_000, 200)
+DEFAULT = Counts(10, 1000, 3.0, 100, 20, 20_000, 500)
+QUICK = Counts(3, 300, 1.5, 21, 5, 3_000, 200)
 
 
 # --- the upstream: a fixed OpenAI chat reply, JSON or paced SSE ---------------------------------
@@ -307,6 +311,42 @@ def cpu_seconds(pid: int) -> float:
     return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def writer_pid(parent: int) -> int | None:
+    """The llmtap-writer child (multiprocessing spawn) of the tap mitmdump."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent and b"spawn_main" in cmdline:
+            return int(entry.name)
+    return None
+
+
+def cpu(pid: int | None) -> float:
+    try:
+        return cpu_seconds(pid) if pid is not None else float("nan")
+    except OSError:
+        return float("nan")
+
+
+async def writer_quiet(pid: int | None, quiet: float = 1.3, step: float = 0.1, limit: float = 10.0) -> None:
+    """Wait until the llmtap-writer has used no CPU for `quiet` s: longer than its flush interval
+    (llmtap_flush_ms, 1 s by default), so its DuckDB flush of a batch's rows has happened too and
+    cannot land in the next measurement."""
+    if pid is None:
+        return
+    start = last_busy = time.perf_counter()
+    used = cpu(pid)
+    while (now := time.perf_counter()) - last_busy < quiet and now - start < limit:
+        await asyncio.sleep(step)
+        if (current := cpu(pid)) != used:
+            used, last_busy = current, time.perf_counter()
+
+
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -472,6 +512,7 @@ class Phase:
     upstream_cpu_pct: float
     client_cpu_pct: float
     proxy_us_per_request: float
+    writer_us_per_request: float = math.nan  # the tap's llmtap-writer child, drain included
 
 
 async def measure(work: Awaitable[Samples], proxy: Proc | None, upstream: Proc) -> Phase:
@@ -543,16 +584,25 @@ async def throughput(procs: Procs, counts: Counts, log: Callable[[str], None]) -
             "c10": await measure(direct.load(CLIENTS, seconds=counts.conc_seconds), None, up),
         },
     }
+    writer = writer_pid(procs.tap.pid)
     rounds: dict[str, dict[str, list[Phase]]] = {v: {"c1": [], "c10": []} for v in variants}
     for r in range(counts.rounds):
         order = list(variants) if r % 2 == 0 else list(reversed(variants))
         for name in order:
             log(f"round {r + 1}/{counts.rounds}: {name}")
             proxy, client = variants[name], Client(variants[name].port)
-            rounds[name]["c1"].append(await measure(client.load(1, count=counts.seq_requests), proxy, up))
-            rounds[name]["c10"].append(
-                await measure(client.load(CLIENTS, seconds=counts.conc_seconds), proxy, up)
-            )
+            for key, clients, count, seconds in (
+                ("c1", 1, counts.seq_requests, None),
+                ("c10", CLIENTS, None, counts.conc_seconds),
+            ):
+                w0 = cpu(writer)
+                phase = await measure(client.load(clients, seconds, count), proxy, up)
+                if proxy is procs.tap:
+                    # The writer's last rows of this phase (parse, price, flush) are this phase's
+                    # cost: wait for them, so they neither slow the next phase nor go uncounted.
+                    await writer_quiet(writer)
+                    phase.writer_us_per_request = 1e6 * (cpu(writer) - w0) / max(phase.requests, 1)
+                rounds[name][key].append(phase)
     for name, phases in rounds.items():
         result[name] = {c: median_phase(p) for c, p in phases.items()}
         result[name]["rounds"] = phases
@@ -697,14 +747,26 @@ def check(name: str, value: float, limit: float, unit: str) -> Check:
     return Check(name, value, f"{value:+.2f} {unit}", f"<= {limit} {unit}", value <= limit)
 
 
+def paired_ratios(r: dict[str, Any], key: str) -> list[float]:
+    """tap/bare req/s of each round: the two ran back to back, so slow drift of the shared machine
+    cancels out of each ratio (the headline is their median)."""
+    tap, bare = r["throughput"]["tap"]["rounds"][key], r["throughput"]["bare"]["rounds"][key]
+    return sorted(t.rps / b.rps for t, b in zip(tap, bare, strict=True))
+
+
 def summary(r: dict[str, Any]) -> list[Check]:
     tap, bare, ttft, m = r["throughput"]["tap"], r["throughput"]["bare"], r["ttft"], r["memory"]
     rows, sent = m["rows"] or 0, m["sent"]
     return [
-        check("throughput tap/bare, 1 client", tap["c1"].rps / bare["c1"].rps, TARGET_THROUGHPUT, "x"),
+        check(
+            "throughput tap/bare, 1 client",
+            statistics.median(paired_ratios(r, "c1")),
+            TARGET_THROUGHPUT,
+            "x",
+        ),
         check(
             f"throughput tap/bare, {CLIENTS} clients",
-            tap["c10"].rps / bare["c10"].rps,
+            statistics.median(paired_ratios(r, "c10")),
             TARGET_THROUGHPUT,
             "x",
         ),
@@ -722,7 +784,8 @@ def report(r: dict[str, Any]) -> str:
     out = [
         "llmtap overhead: bare mitmdump vs mitmdump -s addon/tap.py (reverse mode, loopback, HTTP/1.1)",
         f"upstream: {'in-script asyncio server' if r['upstream'] == 'fast' else 'llmtap.fakeprovider'}"
-        f" (own process); {r['cores']} cores; {c['rounds']} interleaved rounds; medians of rounds",
+        f" (own process); {r['cores']} cores; {c['rounds']} interleaved rounds; throughput: median of"
+        " the rounds' tap/bare ratios; the rest: medians of rounds",
         "",
         f"{'target':<38}{'measured':>14}  {'target':<12}",
     ]
@@ -732,7 +795,7 @@ def report(r: dict[str, Any]) -> str:
         f"non-streamed chat completion, {c['seq_requests']} sequential requests (1 client) and "
         f"{c['conc_seconds']:g} s at {CLIENTS} clients, per round",
         f"{'variant':<9}{'clients':>8}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
-        f"{'proxy cpu%':>12}{'upstr cpu%':>12}{'client cpu%':>13}{'proxy us/req':>14}",
+        f"{'proxy cpu%':>12}{'upstr cpu%':>12}{'client cpu%':>13}{'proxy us/req':>14}{'writer us/req':>15}",
     ]
     for name in ("direct", "bare", "tap"):
         for key, clients in (("c1", 1), ("c10", CLIENTS)):
@@ -740,12 +803,19 @@ def report(r: dict[str, Any]) -> str:
             out.append(
                 f"{name:<9}{clients:>8}{p.rps:>9.0f}{p.p50_ms:>9.3f}{p.p99_ms:>9.3f}{p.errors:>8}"
                 f"{p.proxy_cpu_pct:>12.0f}{p.upstream_cpu_pct:>12.0f}{p.client_cpu_pct:>13.0f}"
-                f"{p.proxy_us_per_request:>14.0f}"
+                f"{p.proxy_us_per_request:>14.0f}{p.writer_us_per_request:>15.0f}"
             )
     for name in ("bare", "tap"):
         for key in ("c1", "c10"):
             rates = " ".join(f"{p.rps:.0f}" for p in r["throughput"][name]["rounds"][key])
             out.append(f"  rounds {name} {key}: req/s {rates}")
+    for key in ("c1", "c10"):
+        ratios = paired_ratios(r, key)
+        of_medians = r["throughput"]["tap"][key].rps / r["throughput"]["bare"][key].rps
+        out.append(
+            f"  tap/bare {key} per round, sorted: {' '.join(f'{x:.3f}' for x in ratios)}"
+            f" (ratio of the medians: {of_medians:.3f})"
+        )
     out += [
         "",
         f"stream TTFT (5 SSE events {EVENT_DELAY_MS} ms apart; request sent -> first content event)",

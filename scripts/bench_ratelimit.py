@@ -253,13 +253,13 @@ class Env:
 async def batch(row: Row, env: Env, requests: list[bytes], clients: int, counts: Counts) -> None:
     proxy, writer = env.proxies[row.proxy], env.writers[row.proxy]
     key = "c1" if clients == 1 else "c10"
-    up0, w0 = await upstream_count(env.upstream.port), bc.cpu(writer)
+    up0, w0 = await upstream_count(env.upstream.port), bo.cpu(writer)
     if clients == 1:
         work = load(proxy.port, requests, 1, row.tally, row.expect, count=counts.seq_requests)
     else:
         work = load(proxy.port, requests, clients, row.tally, row.expect, seconds=counts.conc_seconds)
     phase = await bo.measure(work, proxy, env.upstream)
-    w1, up1 = bc.cpu(writer), await upstream_count(env.upstream.port)
+    w1, up1 = bo.cpu(writer), await upstream_count(env.upstream.port)
     getattr(row, key).append(phase)
     row.writer_cpu[key].append(w1 - w0)
     row.tally.upstream_expected += phase.requests if row.expect == 200 else 0
@@ -307,7 +307,7 @@ def machine_busy() -> float:
 
 
 def own_cpu(pids: list[int | None]) -> float:
-    return sum(v for v in (bc.cpu(pid) for pid in pids) if v == v) + time.process_time()
+    return sum(v for v in (bo.cpu(pid) for pid in pids) if v == v) + time.process_time()
 
 
 # --- the rate-limit path in this process ----------------------------------------------------------
@@ -375,7 +375,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         a = bo.start_tap("tap-A", upstream.port, tmp, started, ["--set", "llmtap_rules="])
         b = bo.start_tap("tap-B", upstream.port, tmp, started, ["--set", f"llmtap_rules={rules_file}"])
         proxies = {"A": a, "B": b}
-        env = Env(upstream, proxies, {k: bc.writer_pid(p.pid) for k, p in proxies.items()})
+        env = Env(upstream, proxies, {k: bo.writer_pid(p.pid) for k, p in proxies.items()})
         pids = [upstream.pid, a.pid, b.pid, *env.writers.values()]
         busy0, own0, wall0 = machine_busy(), own_cpu(pids), time.monotonic()
         result["run"] = asyncio.run(phases(env, rows, counts, log))

@@ -294,7 +294,8 @@ class LLMTap:
     def _start_call(self, flow: http.HTTPFlow, call: Call) -> None:
         req = flow.request
         fields = list(req.headers.items(multi=True))
-        for name in headers.proxy_only(list(req.headers.keys())):
+        # Names from `fields`: Headers.keys() costs ~50 us (it looks every name up again).
+        for name in headers.proxy_only({name.lower() for name, _ in fields}):
             del req.headers[name]  # first, so no later failure can leak them upstream
         meta = headers.parse(fields)
         body = req.raw_content or b""

@@ -89,7 +89,8 @@ def _provider_cost(doc: dict[str, Any]) -> Decimal | None:
 
 def _estimate(out: Tokens, request: bytes, seen: _Seen) -> Tokens:
     prompt = "\n".join(_strings(_loads(request)))
-    completion = "".join(seen.text or [])
+    text = seen.text if seen.text is not None else list(_strings(seen.doc))
+    completion = "".join(text)
     n_in, method = tokens.count(prompt)
     n_out, _ = tokens.count(completion)
     out.usage = Usage(input_tokens=n_in, output_tokens=n_out)
@@ -122,7 +123,8 @@ def _scan(api: str, kind: str | None, streamed: bool, body: bytes) -> _Seen:
     if not streamed:
         doc = _loads(body)
         if isinstance(doc, dict):
-            return _Seen(doc=doc, model=_doc_model(doc), text=list(_strings(doc)), complete=True)
+            # Its text is collected only if an estimate needs it (rare: usage is nearly always there).
+            return _Seen(doc=doc, model=_doc_model(doc), complete=True)
         if isinstance(doc, list) and api == "gemini":  # streamGenerateContent without alt=sse
             return _scan_chunks(api, kind, [c for c in doc if isinstance(c, dict)], complete_ok=True)
         return _Seen()

@@ -55,7 +55,16 @@ class WriterProcess:
         self._shared: Any = context.Array("q", len(_FIELDS) + 1)
         self._proc = context.Process(
             target=_child,
-            args=(self._queue, self._shared, path, queue_size, flush_interval, cache_path, cache_max_bytes),
+            args=(
+                self._queue,
+                self._shared,
+                os.getpid(),
+                path,
+                queue_size,
+                flush_interval,
+                cache_path,
+                cache_max_bytes,
+            ),
             name="llmtap-writer",
             daemon=True,
         )
@@ -115,7 +124,7 @@ class WriterProcess:
 
 
 def _child(
-    source: Any, shared: Any, path: str, queue_size: int, flush_interval: float,
+    source: Any, shared: Any, parent: int, path: str, queue_size: int, flush_interval: float,
     cache_path: str | None, cache_max_bytes: int,
 ) -> None:  # fmt: skip
     from .cachestore import CacheStore
@@ -127,7 +136,8 @@ def _child(
         format="[%(asctime)s.%(msecs)03d] %(message)s",
         datefmt="%H:%M:%S",
     )
-    parent = os.getppid()
+    # `parent` comes from the parent: a child that starts after a kill -9 of mitmdump (its rows
+    # still in the pipe) would otherwise take init for its parent, and never stop.
     try:
         os.nice(10)  # background work: on a busy machine the proxy's event loop comes first
     except OSError:

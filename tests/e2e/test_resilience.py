@@ -287,6 +287,8 @@ def test_kill_9_of_mitmdump_loses_no_handed_over_row(gateway: Proxy) -> None:
     for _ in range(5):
         chat(gateway)
     time.sleep(0.3)  # longer than the 50 ms hand-off to the writer process
+    writers = children(gateway.proc.proc.pid)
+    assert len(writers) == 1, writers
     gateway.proc.proc.kill()
     gateway.proc.proc.wait(10)
     deadline = time.monotonic() + 15  # the orphaned writer flushes within llmtap_flush_ms and exits
@@ -300,3 +302,28 @@ def test_kill_9_of_mitmdump_loses_no_handed_over_row(gateway: Proxy) -> None:
             pass  # the writer still holds the file
         assert time.monotonic() < deadline, "rows lost after kill -9"
         time.sleep(0.1)
+    while Path(f"/proc/{writers[0]}").exists() and "Z" not in proc_state(writers[0]):
+        assert time.monotonic() < deadline, "the orphaned writer process did not exit"
+        time.sleep(0.1)
+
+
+def children(pid: int) -> list[int]:
+    """Child processes of `pid` (the llmtap-writer, spawned by mitmdump), from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                cmdline = (entry / "cmdline").read_bytes()
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == pid and b"spawn_main" in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
+def proc_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
