@@ -51,6 +51,8 @@ def _flag(headers: Mapping[str, str], name: str) -> bool | None:
 
 def policy_for(headers: Mapping[str, str], rule: CachePolicy | None) -> CachePolicy | None:
     """The cache policy of a request (headers lowercased), or None when caching is off."""
+    if rule is None and not any(name.startswith("helicone-cache") for name in headers):
+        return None  # the common case, on every request: nothing asked for
     enabled, save, read = (_flag(headers, f"helicone-cache-{n}") for n in ("enabled", "save", "read"))
     if enabled is False:
         return None
