@@ -45,7 +45,7 @@ from .record import Capture, spent
 from .redact import redact_headers, redact_path
 from .service import Service
 from .tee import StreamTee, client_view_of
-from .writerproc import HANDOFF_SECONDS, WriterProcess
+from .writerproc import HANDOFF_BATCH, HANDOFF_SECONDS, WriterProcess
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +87,8 @@ class LLMTap:
             db_path=lambda: ctx.options.llmtap_db,
             extra_providers=lambda: self.rules.providers,
             store_limit=lambda: ctx.options.llmtap_max_body,
+            # The hand-off queue plus the rows the writer holds while the file is locked.
+            unwritten=lambda: 2 * ctx.options.llmtap_queue_size + HANDOFF_BATCH,
         )
 
     # -- lifecycle (sync on purpose: async done/running break -s hot reload) --

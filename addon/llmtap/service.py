@@ -1,8 +1,8 @@
 """What the local API does: turn its requests into records for the writer.
 
 Kept apart from api.py (HTTP) and addon.py (hooks) so it is plain Python over plain data. A
-request id is known if this proxy logged it recently (ids it handed to the writer) or if the
-database has it; the database look-up runs in a worker thread.
+request id is known if the database has it (the look-up runs in a worker thread) or if this proxy
+logged it recently: rows reach the file up to a flush later, or much later while it is locked.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ from typing import Any
 from . import api, asynclog, headers, providers, query
 from .record import Annotation, Capture, Feedback, PropertyUpdate, Score
 
-RECENT = 200_000
-
 
 class Service:
     def __init__(
@@ -26,14 +24,19 @@ class Service:
         db_path: Callable[[], str],
         extra_providers: Callable[[], dict[str, providers.Provider]],
         store_limit: Callable[[], int],
+        unwritten: Callable[[], int] = lambda: 20_000,
     ) -> None:
+        """`unwritten`: at most how many logged calls can be not yet in the file (the writer's
+        queue plus the rows it holds back while the file is locked), so ids older than that are
+        found in the database and need no memory here."""
         self.submit, self.db_path = submit, db_path
         self.extra_providers, self.store_limit = extra_providers, store_limit
+        self.unwritten = unwritten
         self.recent: OrderedDict[str, None] = OrderedDict()
 
     def remember(self, request_id: str) -> None:
         self.recent[request_id] = None
-        if len(self.recent) > RECENT:
+        if len(self.recent) > self.unwritten():
             self.recent.popitem(last=False)
 
     async def handle(self, method: str, path: str, body: Any) -> api.Reply:
