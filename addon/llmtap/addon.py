@@ -11,6 +11,7 @@ and is removed in `response` or `error`, exactly one of which runs per flow.
 from __future__ import annotations
 
 import asyncio
+import gc
 import hmac
 import json
 import logging
@@ -119,6 +120,11 @@ class LLMTap:
             ctx.options.connection_strategy = "lazy"
         if self.store is None:
             self._start_store()
+        # Everything loaded by now (mitmproxy, and llmtap's duckdb and genai-prices: ~13k more
+        # objects) lives as long as the process: kept out of every later full collection, which
+        # otherwise rescans it (GC was ~+20 us per call, scripts/bench_overhead.py).
+        gc.collect()
+        gc.freeze()
         self._start_watcher()
         if self._handoff is None:
             self._handoff = _background(self._handoff_loop, "llmtap handoff")
@@ -127,6 +133,7 @@ class LLMTap:
         logger.info(f"llmtap: logging LLM calls to {ctx.options.llmtap_db}")
 
     def done(self) -> None:
+        gc.unfreeze()  # back to normal at exit (frozen objects are never collected, and say so)
         if self.api_server is not None:
             self.api_server.close()
             self.api_server = None
