@@ -252,7 +252,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         if args.format == "parquet":
             query.to_parquet(conn, report.sql, report.params, args.out)
             return 0
-        columns, rows = query.fetch(conn, report.sql, report.params)
+        as_text = args.format in ("csv", "json")
+        columns, rows = query.fetch(conn, report.sql, report.params, decimals_as_text=as_text)
     finally:
         conn.close()
     _write(args, reports.render(report, columns, rows, args.format))

@@ -101,3 +101,14 @@ def test_json_timestamps_and_other_types() -> None:
 def test_json_rejects_a_row_of_the_wrong_width() -> None:
     with pytest.raises(ValueError, match="zip"):
         render(["a", "b"], [(1,)], "json")
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_exports_write_decimals_in_fixed_notation(fmt: str) -> None:
+    """DuckDB hands tiny and zero costs over as Decimal("1.95E-7") and Decimal("0E-9")."""
+    rows = [("a", Decimal("1.95E-7")), ("b", Decimal("0E-9")), ("c", None)]
+    out = render(["model", "cost_usd"], rows, fmt)
+    if fmt == "csv":
+        assert out == "model,cost_usd\na,0.000000195\nb,0.000000000\nc,\n"
+    else:
+        assert [r["cost_usd"] for r in json.loads(out)] == ["0.000000195", "0.000000000", None]

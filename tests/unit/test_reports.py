@@ -546,6 +546,24 @@ def test_cost_csv(capsys: Out, db: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_exports_print_zero_and_tiny_costs_in_fixed_notation(capsys: Out, db: Path, fmt: str) -> None:
+    """DuckDB hands these over as Decimal("0E-9") and Decimal("1.95E-7"); exports show decimals."""
+    with duckdb.connect(str(db)) as conn:
+        conn.execute("UPDATE requests SET cost_usd = 0.000000195 WHERE request_id = 'r06'")
+    code, out, _ = run(capsys, "report", "top", "--db", str(db), "--format", fmt, "--model", "gpt-4o-mini")
+    assert code == 0
+    if fmt == "csv":
+        costs = [line.split(",")[list(csv_header(out)).index("cost_usd")] for line in out.splitlines()[1:]]
+    else:
+        costs = [r["cost_usd"] for r in json.loads(out)]
+    assert costs == ["0.000000195", "0.000000000"], "r06, then r08 (a cache hit: 0); r07 has no cost"
+
+
+def csv_header(out: str) -> list[str]:
+    return out.splitlines()[0].split(",")
+
+
 def test_cost_table(capsys: Out, db: Path) -> None:
     code, out, _ = run(capsys, "report", "cost", "--db", str(db))
     lines = out.splitlines()
