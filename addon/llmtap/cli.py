@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import sqlite3
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from . import __version__, annotate, output, proxyproc, query, reports, rules
-from .cachestore import CacheStore
+from . import __version__, output, query, reports
+
+if TYPE_CHECKING:
+    from . import rules
+    from .cachestore import CacheStore
+
+# Commands import what only they need (rules: yaml; feedback: urllib; cache: sqlite3): every
+# `llmtap report` starts a fresh interpreter, and imports are most of its start-up time.
 
 DEFAULT_DB = os.environ.get("LLMTAP_DB", "llmtap.duckdb")
 DEFAULT_CACHE = os.environ.get("LLMTAP_CACHE", "llmtap-cache.sqlite")
@@ -214,6 +220,8 @@ def cmd_proxy(args: argparse.Namespace) -> int:
 
 
 def run_proxy(extra: list[str]) -> int:
+    from . import proxyproc
+
     cmd = [*proxyproc.mitmdump_command(), "-s", str(proxyproc.TAP)]
     if not any(a in ("--listen-host",) or a.startswith("--listen-host=") for a in extra):
         cmd += ["--listen-host", "127.0.0.1"]
@@ -268,6 +276,8 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_rules_check(args: argparse.Namespace) -> int:
+    from . import rules
+
     try:
         loaded = rules.load(args.file)
     except rules.RulesError as e:
@@ -307,6 +317,10 @@ def cmd_cache_clear(args: argparse.Namespace) -> int:
 
 
 def _cache(path: str) -> CacheStore:
+    import sqlite3
+
+    from .cachestore import CacheStore
+
     if not Path(path).exists():
         raise query.QueryError(f"no cache at {path} yet: the proxy creates it when it starts")
     try:
@@ -316,11 +330,15 @@ def _cache(path: str) -> CacheStore:
 
 
 def cmd_feedback(args: argparse.Namespace) -> int:
+    from . import annotate
+
     print(annotate.annotate("feedback", args.request_id, {"rating": args.rating == "up"}, args.api, args.db))
     return 0
 
 
 def cmd_score(args: argparse.Namespace) -> int:
+    from . import annotate
+
     scores = annotate.parse_scores(args.scores)
     print(annotate.annotate("score", args.request_id, {"scores": scores}, args.api, args.db))
     return 0
