@@ -266,9 +266,9 @@ class Store:
         """The database file, attached for one flush to a long-lived in-memory DuckDB.
 
         Attaching takes ~2 ms where a fresh `duckdb.connect` takes ~15 ms (a new DuckDB instance
-        each time, a third of a 2,000-row flush). Detaching checkpoints and releases the file lock
-        as closing would. On any failure the instance is closed, which releases the file whatever
-        state the transaction was in, and a new one is made at the next flush."""
+        each time). Detaching checkpoints and releases the file lock as closing would. On any
+        failure the instance is closed, which releases the file whatever state the transaction was
+        in, and a new one is made at the next flush."""
         if self._duck is None:
             # One DuckDB thread: a batch insert needs no more, and the proxy needs the other cores.
             self._duck = duckdb.connect(":memory:", config={"threads": 1})

@@ -19,7 +19,7 @@ from llmtap.cache import Lookup
 from llmtap.cachestore import CacheStore, Entry
 from llmtap.headers import CallMeta
 from llmtap.policies import CachePolicy
-from llmtap.record import Capture
+from llmtap.record import COLUMNS, Capture, to_row
 from llmtap.store import Store
 
 from . import samples
@@ -400,3 +400,17 @@ def test_a_broken_cache_never_loses_the_row(
     run_through(make_store, db_path, cache_store, samples.capture(cache_save=lookup()))
     assert rows(db_path) == [("0b9e5f2a-8d63-4c1e-9f0a-5a3c7d2e1b44",)]
     assert "could not update the cache for 0b9e5f2a-8d63-4c1e-9f0a-5a3c7d2e1b44" in caplog.text
+
+
+def test_costs_are_stored_exactly_whatever_their_notation(db_path: Path) -> None:
+    """The appender gets costs as text; a tiny or zero Decimal prints as 1.95E-7 / 0E-9."""
+    s = Store(str(db_path))
+    cost, saved = COLUMNS.index("cost_usd"), COLUMNS.index("cost_saved_usd")
+    base = list(to_row(capture(1)))
+    for n, (c, v) in enumerate([(Decimal("1.95E-7"), Decimal("0E-9")), (Decimal("123.456789012"), None)]):
+        row = list(base)
+        row[0], row[cost], row[saved] = f"r{n}", c, v
+        s._pending.append(tuple(row))
+    assert s.flush()
+    got = rows(db_path, "SELECT cost_usd::VARCHAR, cost_saved_usd::VARCHAR FROM requests ORDER BY request_id")
+    assert got == [("0.000000195", "0.000000000"), ("123.456789012", None)]
