@@ -88,8 +88,6 @@ class LLMTap:
             db_path=lambda: ctx.options.llmtap_db,
             extra_providers=lambda: self.rules.providers,
             store_limit=lambda: ctx.options.llmtap_max_body,
-            # The hand-off queue plus the rows the writer holds while the file is locked.
-            unwritten=lambda: 2 * ctx.options.llmtap_queue_size + HANDOFF_BATCH,
         )
 
     # -- lifecycle (sync on purpose: async done/running break -s hot reload) --
@@ -109,6 +107,9 @@ class LLMTap:
                 self._start_watcher()
         if "llmtap_api" in updated or "llmtap_api_key" in updated:
             self._check_api_options()
+        if "llmtap_queue_size" in updated:
+            # The hand-off queue plus the rows the writer holds while the file is locked.
+            self.service.keep_recent(2 * ctx.options.llmtap_queue_size + HANDOFF_BATCH)
         if self.store is not None and any(o in updated for o in options.STORE_OPTIONS):
             self._stop_store()
             self._start_store()

@@ -23,19 +23,19 @@ class Service:
         db_path: Callable[[], str],
         extra_providers: Callable[[], dict[str, providers.Provider]],
         store_limit: Callable[[], int],
-        unwritten: Callable[[], int] = lambda: 20_000,
     ) -> None:
-        """`unwritten`: at most how many logged calls can be not yet in the file (the writer's
-        queue plus the rows it holds back while the file is locked), so ids older than that are
-        found in the database and need no memory here."""
         self.submit, self.db_path = submit, db_path
         self.extra_providers, self.store_limit = extra_providers, store_limit
-        self.unwritten = unwritten
-        self.recent = RecentIds(0)
+        self.recent = RecentIds(20_000)
+
+    def keep_recent(self, size: int) -> None:
+        """How many ids to remember: at most how many logged calls can be not yet in the file (the
+        writer's queue plus the rows it holds back while the file is locked); older ids are found
+        in the database and need no memory here. A new size starts afresh (a rare option change)."""
+        if size != self.recent.size:
+            self.recent = RecentIds(size)
 
     def remember(self, request_id: str) -> None:
-        if self.recent.size != (size := self.unwritten()):
-            self.recent = RecentIds(size)  # the queue size changed (rare): start afresh
         self.recent.add(request_id)
 
     async def handle(self, method: str, path: str, body: Any) -> api.Reply:

@@ -756,3 +756,11 @@ def test_a_rule_limit_without_its_segment_is_one_shared_bucket(limited: Tap, tmp
     assert json.loads(again.content or b"")["error"]["message"] == (
         "llmtap: rate limited by rule per-user (1;w=60;s=user); retry after 60 s"
     )
+
+
+def test_recent_ids_follow_the_queue_size(tap: Tap) -> None:
+    """The local API remembers as many ids as can still be unwritten: the queue, twice, plus a batch."""
+    a, tctx, _ = tap
+    a.store = None  # no writer restart: only the API's memory is under test
+    tctx.configure(a, llmtap_queue_size=100)
+    assert a.service.recent.size == 200 + addon_module.HANDOFF_BATCH

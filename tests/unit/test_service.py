@@ -7,10 +7,10 @@ from llmtap.service import RecentIds, Service
 
 
 def service(size: int) -> Service:
-    return Service(
-        submit=lambda item: True, db_path=lambda: "unused.duckdb", extra_providers=dict,
-        store_limit=lambda: 1000, unwritten=lambda: size,
-    )  # fmt: skip
+    s = Service(submit=lambda item: True, db_path=lambda: "unused.duckdb", extra_providers=dict,
+                store_limit=lambda: 1000)  # fmt: skip
+    s.keep_recent(size)
+    return s
 
 
 def test_remembers_the_last_ids_only() -> None:
