@@ -24,18 +24,18 @@ What is measured (issue 5: every built-in report < 1 s on this machine at 10M ro
   untimed run warms the OS page cache first (the file was just written, so it mostly is);
 - writer ingest, (a) the insert path: rows built once with `record.to_row` from realistic captures
   (OpenAI chat and stream, Responses, Anthropic message and stream, Gemini, a 429, a cache hit;
-  ~4.6 KiB of request + response body per row on average, streams the largest), replicated with
-  distinct request ids (100,000 rows; --quick 40,000), then written by `Store.flush` in the
-  writer's batches (`batch_size` 5,000 rows per flush, each flush attaching the file to the
-  writer's in-memory DuckDB, checking migrations, appending with DuckDB's appender, committing and
-  detaching), into a fresh file and appended to the big file: rows/s, target >= 50k; and the same
-  rows without bodies (as Helicone-Omit-Request/-Response store them) into a fresh file. One flush
-  is also taken apart step by step, and with short bodies, to show where the time goes; (b) end to
-  end: a started `Store` fed captures through `submit` (20,000; --quick 5,000), its thread running
-  `to_row` (body decoding and usage extraction, genai-prices pricing) per capture, until `close()`
-  has written all of them: rows/s, information only, CPU-bound on `to_row`, which is also timed
-  alone per capture kind, with its usage and pricing parts. In the proxy the same loop runs in the
-  `llmtap-writer` child process (writerproc.py), on its own core.
+  ~4.6 KiB of request + response body per row on average, streams the largest), replicated with distinct
+  request ids (100,000 rows; --quick 40,000), then written by `Store.flush` in the writer's batches
+  (`batch_size` 5,000 rows per flush, each flush attaching the file to the writer's in-memory
+  DuckDB, checking migrations, appending with DuckDB's appender, committing, which checkpoints the
+  batch straight into the file, and detaching), into a fresh file and appended to the big file:
+  rows/s, target >= 50k; and the same rows without bodies (as Helicone-Omit-Request/-Response store
+  them) into a fresh file. One flush is also taken apart step by step, and with short bodies, to
+  show where the time goes; (b) end to end: a started `Store` fed captures through `submit` (20,000;
+  --quick 5,000), its thread running `to_row` (body decoding and usage extraction, genai-prices
+  pricing) per capture, until `close()` has written all of them: rows/s, information only, CPU-bound
+  on `to_row`, which is also timed alone per capture kind, with its usage and pricing parts. In the
+  proxy the same loop runs in the `llmtap-writer` child process (writerproc.py), on its own core.
 
 Defaults take about 2.5 minutes on 2 cores (generation ~45 s), --quick about 40 s. Progress goes
 to stderr, the results to stdout: targets with ratio and PASS/MISS first, then the details.
@@ -78,7 +78,7 @@ from llmtap.headers import CallMeta  # noqa: E402
 from llmtap.migrations import migrate  # noqa: E402
 from llmtap.providers import path_model  # noqa: E402
 from llmtap.record import COLUMNS, Capture, decoded_response, to_row  # noqa: E402
-from llmtap.store import Store, _append  # noqa: E402
+from llmtap.store import DUCKDB_CONFIG, Store, _append, _merge_setting  # noqa: E402
 
 REPORT_TARGET_S = 1.0
 INGEST_TARGET = 50_000  # rows/s
@@ -870,38 +870,48 @@ def insert_path(path: Path, rows: list[tuple[Any, ...]]) -> dict[str, Any]:
 
 def flush_breakdown(tmp: Path, rows: list[tuple[Any, ...]], reps: int = 5) -> dict[str, float]:
     """Where one batch_size flush's time goes, in ms (medians of `reps`): Store.flush's steps one by one
-    on the writer's long-lived in-memory DuckDB (ATTACH the file, migrations check, BEGIN + append +
-    COMMIT, DETACH: DuckDB checkpoints the WAL into the file as it lets go of it), then the same
-    BEGIN + append + COMMIT with bodies cut to 200 characters, to show what the bodies cost."""
+    on a DuckDB configured as the writer's (ATTACH the file, migrations check, BEGIN + append, COMMIT:
+    a checkpoint that writes the batch into the file, DETACH), then BEGIN + append + COMMIT again
+    with bodies cut to 200 characters, to show what the bodies cost."""
     path = tmp / "breakdown.duckdb"
     batch = rows[:BATCH]
     cut = [_cut_bodies(r) for r in batch]
     with duckdb.connect(str(path)) as conn:
         migrate(conn)
-    conn = duckdb.connect(":memory:", config={"threads": 1})
-    steps: dict[str, list[float]] = {"attach": [], "migrations_check": [], "insert_commit": [], "detach": []}
+    conn = duckdb.connect(":memory:", config=DUCKDB_CONFIG)
+    conn.execute(_merge_setting(behind=True))  # as in a full-batch flush
+    steps: dict[str, list[float]] = {
+        "attach": [],
+        "migrations_check": [],
+        "append": [],
+        "commit": [],
+        "detach": [],
+    }
     short: list[float] = []
     for _ in range(reps):
-        for part, times in ((batch, steps), (cut, {"insert_commit": short})):
-            t0 = time.perf_counter()
+        for part, long in ((batch, True), (cut, False)):
+            t = [time.perf_counter()]
             conn.execute(f"ATTACH '{path}' AS f")
             conn.execute("USE f")
-            t1 = time.perf_counter()
+            t.append(time.perf_counter())
             migrate(conn)
-            t2 = time.perf_counter()
+            t.append(time.perf_counter())
             conn.execute("BEGIN TRANSACTION")
             _append(conn, part, BATCH)
+            t.append(time.perf_counter())
             conn.execute("COMMIT")
-            t3 = time.perf_counter()
+            t.append(time.perf_counter())
             conn.execute("USE memory")
             conn.execute("DETACH f")
-            t4 = time.perf_counter()
-            for key, a, b in zip(steps, (t0, t1, t2, t3), (t1, t2, t3, t4), strict=True):
-                if key in times:
-                    times[key].append((b - a) * 1e3)
+            t.append(time.perf_counter())
+            if long:
+                for k, times in enumerate(steps.values()):
+                    times.append((t[k + 1] - t[k]) * 1e3)
+            else:
+                short.append((t[4] - t[2]) * 1e3)
     conn.close()
     out = {f"{k}_ms": statistics.median(v) for k, v in steps.items()}
-    out["insert_commit_short_bodies_ms"] = statistics.median(short)
+    out["append_commit_short_bodies_ms"] = statistics.median(short)
     return out
 
 
@@ -1141,10 +1151,10 @@ def render(r: dict[str, Any]) -> str:
         f"= {1e6 / fresh['rows_per_s']:.0f} us per row; a {BATCH:,}-row flush took "
         f"{fresh['flush_p50_ms']:.0f} ms (p50). Its steps, timed apart: ATTACH "
         f"{bd['attach_ms']:.0f} ms,",
-        f"migrations check {bd['migrations_check_ms']:.0f} ms, BEGIN + append + COMMIT "
-        f"{bd['insert_commit_ms']:.0f} ms, DETACH (checkpoint) {bd['detach_ms']:.0f} ms; "
-        f"with bodies cut to 200",
-        f"characters BEGIN + append + COMMIT takes {bd['insert_commit_short_bodies_ms']:.0f} ms.",
+        f"migrations check {bd['migrations_check_ms']:.0f} ms, BEGIN + append {bd['append_ms']:.0f} ms, "
+        f"COMMIT (checkpoint into the file) {bd['commit_ms']:.0f} ms, DETACH {bd['detach_ms']:.0f} ms;",
+        f"with bodies cut to 200 characters BEGIN + append + COMMIT takes "
+        f"{bd['append_commit_short_bodies_ms']:.0f} ms.",
         f"End to end is information only: each row first costs a to_row call, {min(to_row_us.values()):.0f}-"
         f"{max(to_row_us.values()):.0f} us per capture kind",
         f"(streams: {stream_usage:.0%} of it scanning the SSE body; JSON answers: {json_pricing:.0%} "

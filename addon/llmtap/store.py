@@ -53,6 +53,8 @@ logger = logging.getLogger(__name__)
 _WARN_EVERY = 30.0
 _DECIMALS = [k for k, kind in enumerate(TYPES) if kind.startswith("DECIMAL")]
 _FILE = "llmtap_file"  # the database file's catalog name while attached
+# The writer's in-memory DuckDB (see Store._attached): one thread, every COMMIT a checkpoint.
+DUCKDB_CONFIG = {"threads": 1, "checkpoint_threshold": "0b"}
 
 
 @dataclass(slots=True)
@@ -238,6 +240,7 @@ class Store:
             with self._attached() as conn:
                 migrate(conn)  # every open: the file may have been replaced while we run
                 self._migrated = True
+                conn.execute(_merge_setting(behind=len(rows) >= self.batch_size))
                 conn.execute("BEGIN TRANSACTION")
                 _append(conn, rows, self.batch_size)
                 _annotate(conn, notes)
@@ -266,12 +269,18 @@ class Store:
         """The database file, attached for one flush to a long-lived in-memory DuckDB.
 
         Attaching takes ~2 ms where a fresh `duckdb.connect` takes ~15 ms (a new DuckDB instance
-        each time). Detaching checkpoints and releases the file lock as closing would. On any
-        failure the instance is closed, which releases the file whatever state the transaction was
-        in, and a new one is made at the next flush."""
+        each time). Detaching releases the file lock as closing would. On any failure the instance
+        is closed, which releases the file whatever state the transaction was in, and a new one is
+        made at the next flush.
+
+        `checkpoint_threshold` 0 makes every COMMIT a checkpoint, and DuckDB then writes a large
+        batch straight into the file without a WAL: the bodies are written once, not to the WAL and
+        again at DETACH (ingest ~2x, `scripts/bench_reports.py`). The header is written last: a
+        crash during a checkpoint leaves the file as it was before that batch. `_merge_setting`
+        says when the checkpoint also merges row groups."""
         if self._duck is None:
             # One DuckDB thread: a batch insert needs no more, and the proxy needs the other cores.
-            self._duck = duckdb.connect(":memory:", config={"threads": 1})
+            self._duck = duckdb.connect(":memory:", config=DUCKDB_CONFIG)
         conn = self._duck
         quoted = "'" + self.path.replace("'", "''") + "'"
         try:
@@ -295,19 +304,31 @@ class Store:
         logger.log(level, message)
 
 
+def _merge_setting(behind: bool) -> str:
+    """The SQL that says whether this flush's checkpoint merges row groups. Each flush makes a row
+    group; merging them into full ones (~120k rows) rewrites the rows merged so far again and
+    again, which made 5,000-row flushes ~1.4x slower. A full batch means the writer is behind (a
+    burst, or catching up after a lock): it skips merging. Any other flush runs one merge task:
+    at most ~120k rows, 1-2 s with realistic bodies, until the groups are merged."""
+    return f"SET max_vacuum_tasks = {0 if behind else 1}"
+
+
 def _append(conn: duckdb.DuckDBPyConnection, rows: list[tuple[Any, ...]], batch_size: int) -> None:
     """Insert rows with DuckDB's appender: it converts each Python value straight into a column
-    vector, 2-3x faster than binding one list parameter per column (`scripts/bench_reports.py`).
-    Costs go in as their exact decimal text, which DuckDB converts ~1 us faster than a Decimal."""
+    vector, 2-3x faster than binding one list parameter per column (`scripts/bench_reports.py`)."""
     appender = conn.appender("requests", columns=list(COLUMNS))
     for start in range(0, len(rows), batch_size):
-        for row in rows[start : start + batch_size]:
-            values = list(row)
-            for k in _DECIMALS:
-                if values[k] is not None:
-                    values[k] = str(values[k])
-            appender.append_row(*values)
+        appender.append_rows(map(_db_values, rows[start : start + batch_size]))
         appender.flush()
+
+
+def _db_values(row: tuple[Any, ...]) -> list[Any]:
+    """Costs go in as their exact decimal text, which DuckDB converts ~1 us faster than a Decimal."""
+    values = list(row)
+    for k in _DECIMALS:
+        if values[k] is not None:
+            values[k] = str(values[k])
+    return values
 
 
 def _annotate(conn: duckdb.DuckDBPyConnection, notes: list[Annotation]) -> None:

@@ -414,3 +414,23 @@ def test_costs_are_stored_exactly_whatever_their_notation(db_path: Path) -> None
     assert s.flush()
     got = rows(db_path, "SELECT cost_usd::VARCHAR, cost_saved_usd::VARCHAR FROM requests ORDER BY request_id")
     assert got == [("0.000000195", "0.000000000"), ("123.456789012", None)]
+
+
+def test_full_batches_leave_merging_row_groups_to_a_later_smaller_flush(db_path: Path) -> None:
+    """Under load (full batches) each flush adds its own row group: merging them on every commit
+    rewrites the growing last group again and again. The first flush that is not full merges them."""
+    s = Store(str(db_path), batch_size=100)
+    base = to_row(capture(1))
+    sql = "SELECT count(DISTINCT row_group_id) FROM pragma_storage_info('requests')"
+
+    def add(n: int) -> None:
+        start = len(rows(db_path)) if db_path.exists() else 0
+        s._pending.extend((f"r{start + k:05d}", *base[1:]) for k in range(n))
+        assert s.flush()
+
+    for _ in range(3):
+        add(100)
+    assert rows(db_path, sql) == [(3,)]
+    add(10)
+    assert rows(db_path, sql) == [(1,)]
+    assert len(rows(db_path)) == 310
