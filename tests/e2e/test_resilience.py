@@ -145,12 +145,14 @@ def test_locked_database_delays_rows_but_loses_none(
         for _ in range(5):
             assert chat(proxy) == REPLY
         assert time.monotonic() - started < 5, "a locked database must not delay traffic"
-        time.sleep(0.6)  # at least one flush attempt hits the lock
+        deadline = time.monotonic() + 10  # the writer process takes ~1 s to start
+        while "cannot write" not in proxy.log():  # a flush attempt has hit the lock
+            assert time.monotonic() < deadline, proxy.log()
+            time.sleep(0.1)
     finally:
         holder.stdin.close()
         holder.wait(10)
     assert len(proxy.rows()) == 5
-    assert "cannot write" in proxy.log()
 
 
 def test_llmtap_sql_works_while_the_proxy_runs_and_after(gateway: Proxy) -> None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import gzip
+import random
 import sqlite3
 import subprocess
 import sys
@@ -31,6 +32,29 @@ conn = duckdb.connect(sys.argv[1])
 print("locked", flush=True)
 sys.stdin.readline()
 conn.close()
+"""
+
+
+# Flushes 500 rows with 20 KB bodies at a time, in two appender chunks, until killed.
+FLUSH_FOREVER = """
+import sys
+sys.path.insert(0, sys.argv[2])
+from llmtap.headers import CallMeta
+from llmtap.record import COLUMNS, to_row
+from llmtap.store import Store
+from tests.unit import samples
+base = list(to_row(samples.capture(meta=CallMeta(request_id="x"))))
+base[COLUMNS.index("request_body")] = "x" * 20_000
+store = Store(sys.argv[1], batch_size=250)
+assert store.flush()
+print("ready", flush=True)
+n = 0
+while True:
+    for _ in range(500):
+        base[0] = f"{sys.argv[3]}-{n:07d}"
+        store._pending.append(tuple(base))
+        n += 1
+    assert store.flush()
 """
 
 
@@ -434,3 +458,22 @@ def test_full_batches_leave_merging_row_groups_to_a_later_smaller_flush(db_path:
     add(10)
     assert rows(db_path, sql) == [(1,)]
     assert len(rows(db_path)) == 310
+
+
+def test_a_kill_during_a_write_leaves_whole_batches(db_path: Path) -> None:
+    """Every commit is a checkpoint straight into the file (no WAL): killed at any moment, the
+    file opens and holds whole flushes (500 rows, appended in two chunks), each row once."""
+    timing = random.Random(5)
+    root = str(Path(__file__).resolve().parents[2])
+    for attempt in range(4):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", FLUSH_FOREVER, str(db_path), root, f"run{attempt}"],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        time.sleep(timing.uniform(0.1, 0.8))
+        proc.kill()
+        proc.wait(10)
+        total, distinct = rows(db_path, "SELECT count(*), count(DISTINCT request_id) FROM requests")[0]
+        assert total == distinct and total % 500 == 0
+    assert total > 0
