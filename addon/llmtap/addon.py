@@ -29,6 +29,7 @@ from . import (
     answers,
     api,
     cache,
+    cachestore,
     delivery,
     headers,
     options,
@@ -39,7 +40,8 @@ from . import (
     rules,
     upstream,
 )
-from .cachestore import CacheStore
+from .cachestore import CacheStore, Entry
+from .freshcache import FreshEntries
 from .headers import HeaderError
 from .policies import Fallback, RetryPolicy
 from .record import Capture, spent
@@ -76,12 +78,14 @@ class LLMTap:
         self.rules_stamp: reload.Stamp = None
         self.store: WriterProcess | None = None
         self.cache: CacheStore | None = None
+        self.fresh = FreshEntries(0, 0)  # sized by _start_store
         self.calls: dict[str, Call] = {}
         self.hook_errors = 0
         self.buckets = ratelimit.MemoryBuckets()
         self.tls = upstream.tls_context(False, None)
         self._watcher: asyncio.Task | None = None
         self._handoff: asyncio.Task | None = None
+        self._charging: set[asyncio.Future[None]] = set()  # cents / tokens charges being priced
         self.api_server: api.Server | None = None
         self.service = Service(
             submit=lambda item: self.store.submit(item) if self.store is not None else False,
@@ -162,6 +166,10 @@ class LLMTap:
             cache_max_bytes=o.llmtap_cache_max_mb * 1024 * 1024,
         )
         self.store.start()
+        # At most every record not yet converted by the writer: its queue and the batch it holds.
+        self.fresh = FreshEntries(
+            2 * o.llmtap_queue_size + HANDOFF_BATCH, min(o.llmtap_cache_max_mb, 256) * 1024 * 1024
+        )
 
     def _stop_store(self) -> None:
         if self.store is None:
@@ -170,7 +178,8 @@ class LLMTap:
         s = self.store.stats
         logger.info(
             f"llmtap: {s.written} rows written, {s.dropped} dropped, "
-            f"{s.write_errors} write errors, {self.hook_errors} hook errors"
+            f"{s.write_errors} write errors, {self.hook_errors} hook errors; "
+            f"{s.annotations} feedback, score and property updates written"
         )
         self.store = None
         if self.cache is not None:
@@ -216,6 +225,7 @@ class LLMTap:
             await asyncio.sleep(HANDOFF_SECONDS)
             if self.store is not None:
                 self.store.handoff()
+                self.fresh.settle(self.store.settled())
 
     def _swap_rules(self, new: rules.Rules) -> None:
         self.rules = new
@@ -234,10 +244,25 @@ class LLMTap:
                 self.calls[flow.id] = Call(found, host, redact_path(req.path))
 
     def request(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
-        """Sync on the fast path; returns a coroutine (mitmproxy awaits it) only to deliver."""
+        """Sync on the fast path; returns a coroutine (mitmproxy awaits it) only to deliver, or to
+        let the cents / tokens charges of calls that have finished land first."""
         call = self.calls.get(flow.id)
         if call is None:
             return None
+        if self._charging:
+            return self._guarded(flow, "request", self._request_after_charges(flow, call))
+        return self._request(flow, call)
+
+    async def _request_after_charges(self, flow: http.HTTPFlow, call: Call) -> None:
+        """A script's next call comes the moment the last one returned, before that call's real
+        cost or tokens (priced off the event loop) are charged: it waits for those charges, so its
+        buckets are up to date (sub-millisecond; other connections keep flowing meanwhile)."""
+        await asyncio.wait(list(self._charging))
+        work = self._request(flow, call)
+        if work is not None:
+            await work
+
+    def _request(self, flow: http.HTTPFlow, call: Call) -> Coroutine[Any, Any, None] | None:
         with self._guard(flow, "request"):
             try:
                 self._start_call(flow, call)
@@ -398,23 +423,40 @@ class LLMTap:
         if not policy.read:
             return False
         c.cache_status = "MISS"
-        picked = self._cache_pick(lookup)
-        if picked is None:
+        keys = lookup.keys()
+        slots = self._cache_slots(keys)
+        picked = cachestore.pick(slots[1]) if slots is not None else None
+        if slots is None or picked is None:
             return False
         idx, entry = picked
-        c.cache_status, c.hit, c.hit_key, c.cache_save = "HIT", entry, lookup.keys()[idx], None
+        c.cache_status, c.hit, c.hit_key, c.cache_save = "HIT", entry, keys[idx], None
+        c.hit_fresh = slots[0][idx] is None
         c.streamed = entry.streamed
         flow.response = answers.cache_hit(entry, idx, c.meta.request_id)
         return True
 
-    def _cache_pick(self, lookup: cache.Lookup):
+    def _cache_slots(self, keys: list[str]) -> tuple[list[Entry | None], list[Entry | None]] | None:
+        """A bucket's entries in the file, and the same with the slots the writer has not saved yet
+        filled from memory; None when there is no cache or it cannot be read (a miss)."""
         if self.cache is None:
             return None
         try:
-            return self.cache.pick(lookup.keys())
+            stored = self.cache.get(keys)
         except Exception:  # an unreadable cache is a miss, never a failed request
             logger.exception("llmtap: cache lookup failed; treating it as a miss")
             return None
+        return stored, self.fresh.fill(keys, stored)
+
+    def _fresh_slot(self, c: Capture) -> str | None:
+        """The slot a response to be saved will take (c.cache_slot), so that the next identical
+        call finds it in memory until the writer has saved it; None when the bucket is full."""
+        assert c.cache_save is not None
+        keys = c.cache_save.keys()
+        slots = self._cache_slots(keys)
+        if slots is None:
+            return None
+        c.cache_slot = cachestore.first_free([e is not None for e in slots[1]])
+        return keys[c.cache_slot] if c.cache_slot is not None else None
 
     def _match_request(self, flow: http.HTTPFlow, call: Call, c: Capture) -> rules.Request:
         model = user = None
@@ -477,9 +519,12 @@ class LLMTap:
             ratelimit.charge(self.buckets, limits, cents, tokens)
 
         try:
-            asyncio.get_running_loop().run_in_executor(None, work)
+            pending = asyncio.get_running_loop().run_in_executor(None, work)
         except RuntimeError:  # no loop (unit tests): do it now
             work()
+            return
+        self._charging.add(pending)
+        pending.add_done_callback(self._charging.discard)
 
     def _finish(self, flow: http.HTTPFlow, call: Call, error: str | None) -> None:
         c = call.capture
@@ -510,8 +555,12 @@ class LLMTap:
         self.service.remember(c.meta.request_id)
         if call.charge and c.status is not None and 200 <= c.status < 300:
             self._charge_later(call)
-        if self.store is not None:
-            self.store.submit(c)
+        if self.store is None:
+            return
+        slot = self._fresh_slot(c) if c.cacheable else None
+        if self.store.submit(c) and slot is not None:
+            assert c.cache_save is not None
+            self.fresh.add(slot, c, self.store.queued, c.cache_save.policy.ttl)
 
     def _abandon(self, call: Call) -> None:
         c = call.capture

@@ -1,4 +1,4 @@
-"""`llmtap feedback` / `llmtap score`: rate and score a logged call from the shell.
+"""`llmtap feedback` / `score` / `property`: rate, score and tag a logged call from the shell.
 
 Through the running proxy's local API when it answers (the proxy owns the database); otherwise
 straight into the database file, which is then free to open read-write.
@@ -37,14 +37,33 @@ def parse_scores(pairs: list[str]) -> dict[str, int]:
     return out
 
 
+def parse_properties(pairs: list[str]) -> dict[str, str]:
+    """`Reviewed=yes team=search` -> {"reviewed": "yes", "team": "search"} (keys lowercased, as the
+    Helicone-Property-* headers are)."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise QueryError(f"expected name=value, got {pair!r}")
+        out[name.strip().lower()] = value
+    return out
+
+
 def annotate(kind: str, request_id: str, body: dict[str, Any], api: str, db: str) -> str:
-    """Send through the API, or write to the file when no proxy answers; returns what was done."""
-    method, route = ("POST", kind)
-    reply = _send(api, f"/v1/request/{request_id}/{route}", method, body)
-    if reply is not None:
+    """Send through the API, or write to the file when no proxy answers; returns what was done.
+    A property is one `{"key", "value"}` PUT per name, as Helicone's API takes them."""
+    if kind == "property":
+        sends = [("PUT", {"key": k, "value": v}) for k, v in body["properties"].items()]
+    else:
+        sends = [("POST", body)]
+    for method, payload in sends:
+        reply = _send(api, f"/v1/request/{request_id}/{kind}", method, payload)
+        if reply is None:
+            break
         status, data = reply
         if status >= 400:
             raise QueryError(data.get("error", {}).get("message", f"the local API answered {status}"))
+    else:
         return f"{kind} recorded for {request_id} (through the proxy at {api})"
     _write(kind, request_id, body, db)
     return f"{kind} recorded for {request_id} (in {db}; no proxy answered at {api})"
@@ -67,6 +86,11 @@ def _send(api: str, path: str, method: str, body: dict[str, Any]) -> tuple[int, 
 
 
 def _write(kind: str, request_id: str, body: dict[str, Any], db: str) -> None:
+    """Into the file, with the writer's own statements (imported here: they cost ~0.3 s to load,
+    which only this path pays)."""
+    from .record import Feedback, PropertyUpdate, Score
+    from .store import write_annotations
+
     if not Path(db).exists():
         raise QueryError(f"no database at {db}, and no proxy answered to take the {kind}")
     try:
@@ -79,9 +103,9 @@ def _write(kind: str, request_id: str, body: dict[str, Any], db: str) -> None:
             raise QueryError(f"no request with id {request_id!r} in {db}")
         now = datetime.now(UTC)
         if kind == "feedback":
-            conn.execute("INSERT INTO feedback VALUES (?, ?, ?)", [request_id, body["rating"], now])
+            notes: list[Any] = [Feedback(request_id, body["rating"], now)]
+        elif kind == "property":
+            notes = [PropertyUpdate(request_id, k, v) for k, v in body["properties"].items()]
         else:
-            conn.executemany(
-                "INSERT INTO scores VALUES (?, ?, ?, ?)",
-                [(request_id, name, value, now) for name, value in body["scores"].items()],
-            )
+            notes = [Score(request_id, name, value, now) for name, value in body["scores"].items()]
+        write_annotations(conn, notes)

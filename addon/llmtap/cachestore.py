@@ -115,18 +115,16 @@ class CacheStore:
         return [found.get(k) for k in keys]
 
     def pick(self, keys: list[str]) -> tuple[int, Entry] | None:
-        """Helicone's bucket rule: a hit only once every slot is filled, then a random slot."""
-        entries = self.get(keys)
-        if not entries or any(e is None for e in entries):
-            return None
-        idx = random.randrange(len(entries))
-        entry = entries[idx]
-        assert entry is not None
-        return idx, entry
+        return pick(self.get(keys))
 
-    def put(self, keys: list[str], entry: Entry, ttl: float) -> int | None:
-        """Save into the first free (or expired) slot; None when the bucket is already full."""
+    def put(
+        self, keys: list[str], entry: Entry, ttl: float, prefer: int | None = None, since: float | None = None
+    ) -> int | None:
+        """Save into slot `prefer` if it is free, else the first free (or expired) slot; None when
+        the bucket is already full. The TTL counts from `since` (when the response arrived: the
+        writer saves it later), by default from now."""
         now = self.clock()
+        start = min(now, since) if since is not None else now
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -134,13 +132,13 @@ class CacheStore:
                 f"SELECT key FROM entries WHERE key IN ({','.join('?' * len(keys))}) AND expires > ?",
                 [*keys, now],
             )}  # fmt: skip
-            free = next((i for i, k in enumerate(keys) if k not in taken), None)
+            free = first_free([k in taken for k in keys], prefer)
             if free is not None:
                 values = asdict(entry)
-                values.update(created=now, cost_usd=None if entry.cost_usd is None else str(entry.cost_usd))
+                values.update(created=start, cost_usd=None if entry.cost_usd is None else str(entry.cost_usd))
                 conn.execute(
                     _INSERT,
-                    [keys[free], now + ttl, now, len(entry.body), *(values[c] for c in _ENTRY_COLUMNS)],
+                    [keys[free], start + ttl, now, len(entry.body), *(values[c] for c in _ENTRY_COLUMNS)],
                 )
             conn.execute("COMMIT")
         except BaseException:
@@ -202,6 +200,23 @@ class CacheStore:
             n = conn.execute("DELETE FROM entries WHERE seed = ?", [seed]).rowcount
         self._size = None
         return n
+
+
+def pick(entries: list[Entry | None]) -> tuple[int, Entry] | None:
+    """Helicone's bucket rule: a hit only once every slot is filled, then a random slot."""
+    if not entries or any(e is None for e in entries):
+        return None
+    idx = random.randrange(len(entries))
+    entry = entries[idx]
+    assert entry is not None
+    return idx, entry
+
+
+def first_free(taken: list[bool], prefer: int | None = None) -> int | None:
+    """The slot a new entry goes to: `prefer` if free, else the first free one."""
+    if prefer is not None and 0 <= prefer < len(taken) and not taken[prefer]:
+        return prefer
+    return next((i for i, t in enumerate(taken) if not t), None)
 
 
 def _delete(conn: sqlite3.Connection, keys: Iterable[str]) -> None:

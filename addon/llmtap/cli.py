@@ -92,12 +92,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     score.add_argument("request_id", help="the call's Helicone-Id")
     score.add_argument("scores", nargs="+", metavar="NAME=VALUE")
-    for p_ in (feedback, score):
+    prop = sub.add_parser(
+        "property", help="set properties of a logged call: name=value (as Helicone-Property-* would)"
+    )
+    prop.add_argument("request_id", help="the call's Helicone-Id")
+    prop.add_argument("properties", nargs="+", metavar="NAME=VALUE")
+    for p_ in (feedback, score, prop):
         p_.add_argument("--api", default=os.environ.get("LLMTAP_API", "127.0.0.1:8788"),
                         help="the proxy's local API (default: %(default)s; env LLMTAP_API)")  # fmt: skip
         p_.add_argument("--db", default=DEFAULT_DB, help="used when no proxy answers (default: %(default)s)")
     feedback.set_defaults(func=cmd_feedback)
     score.set_defaults(func=cmd_score)
+    prop.set_defaults(func=cmd_property)
 
     demo = sub.add_parser("demo", help="send real SDK calls through the proxy to a local stand-in provider")
     demo.add_argument("--db", default="llmtap-demo.duckdb", help="database to write (default: %(default)s)")
@@ -341,6 +347,14 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     scores = annotate.parse_scores(args.scores)
     print(annotate.annotate("score", args.request_id, {"scores": scores}, args.api, args.db))
+    return 0
+
+
+def cmd_property(args: argparse.Namespace) -> int:
+    from . import annotate
+
+    properties = annotate.parse_properties(args.properties)
+    print(annotate.annotate("property", args.request_id, {"properties": properties}, args.api, args.db))
     return 0
 
 

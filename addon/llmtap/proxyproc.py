@@ -1,8 +1,10 @@
 """Run mitmdump with the llmtap addon as a child process (demo, tests, benchmarks).
 
 The proxy is started on a port the OS picks (`-p 0`) and is ready once its log says
-`listening at host:port`. `stop()` sends SIGTERM so the addon's `done` flushes the writer, and
-escalates to SIGKILL only after a timeout (reference/mitmproxy.md §1, Shutdown).
+`listening at host:port`. It runs in a session of its own, and `stop()` stops it as a terminal's
+Ctrl-C does: SIGINT to its whole process group, the llmtap-writer child included (systemd's stop
+is the same with SIGTERM). The addon's `done` flushes the writer; SIGKILL follows only after a
+timeout (reference/mitmproxy.md §1, Shutdown).
 """
 
 from __future__ import annotations
@@ -40,15 +42,25 @@ class ProxyProcess:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
-    def stop(self, timeout: float = 20.0) -> int:
+    def stop(self, sig: int = signal.SIGINT, group: bool = True, timeout: float = 20.0) -> int:
+        """Signal the process group (or mitmdump alone) and wait for mitmdump to exit."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.signal(sig, group)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                self.signal(signal.SIGKILL, group=True)
                 self.proc.wait(5)
         return self.proc.returncode
+
+    def signal(self, sig: int, group: bool = True) -> None:
+        try:
+            if group:
+                os.killpg(self.proc.pid, sig)  # the group's id is mitmdump's pid (its own session)
+            else:
+                self.proc.send_signal(sig)
+        except ProcessLookupError:
+            pass
 
 
 def start(
@@ -58,21 +70,25 @@ def start(
     tap: bool = True,
     env: dict[str, str] | None = None,
     timeout: float = 30.0,
+    command: list[str] | None = None,
 ) -> ProxyProcess:
-    """Start mitmdump on 127.0.0.1 with a free port and wait until it listens."""
+    """Start mitmdump on 127.0.0.1 with a free port and wait until it listens. `command` replaces
+    `mitmdump -s addon/tap.py` (e.g. `llmtap proxy`, which adds the script itself)."""
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / f"mitmdump-{time.monotonic_ns()}.log"
-    cmd = [*mitmdump_command(), "--listen-host", "127.0.0.1", "-p", "0"]
-    cmd += ["--set", f"confdir={workdir / 'conf'}"]
-    if tap:
-        cmd += ["-s", str(TAP)]
-    cmd += args
+    cmd = command or [*mitmdump_command(), *(["-s", str(TAP)] if tap else [])]
+    cmd = [*cmd, "--listen-host", "127.0.0.1", "-p", "0", "--set", f"confdir={workdir / 'conf'}", *args]
     child_env = dict(os.environ if env is None else env)
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
         child_env.pop(name, None)
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=child_env
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=child_env,
+            start_new_session=True,  # its own process group, as a shell job or a systemd unit
         )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -83,5 +99,5 @@ def start(
         if m and ("llmtap: logging" in text or not tap):
             return ProxyProcess(proc, int(m.group(1)), log)
         time.sleep(0.05)
-    proc.kill()
+    os.killpg(proc.pid, signal.SIGKILL)
     raise RuntimeError(f"mitmdump did not start within {timeout}s:\n{log.read_text(errors='replace')}")

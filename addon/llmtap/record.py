@@ -21,6 +21,7 @@ from .cache import Lookup
 from .cachestore import Entry
 from .headers import CallMeta
 from .providers import path_model
+from .tee import client_view_of
 
 logger = logging.getLogger(__name__)
 
@@ -101,13 +102,27 @@ class Capture:
     cache_status: str | None = None  # 'HIT' | 'MISS' when the request asked to read the cache
     hit: Entry | None = None  # the entry a hit was answered from
     hit_key: str | None = None
+    hit_fresh: bool = False  # answered from the proxy's memory: the writer reads the tokens from the file
     cache_save: Lookup | None = None  # where to save a 2xx response
+    cache_slot: int | None = None  # the slot the proxy holds it in until the writer saves it
     strip_usage: bool = False  # the client saw the stream without the injected usage chunk
     rate_limited: bool = False
     retries: int | None = None  # set when llmtap made the attempts itself
     attempts: list[dict[str, Any]] | None = None
     fallback_index: int | None = None
     source: str = "proxy"  # 'async' for calls logged after the fact through the local API
+
+    @property
+    def ended(self) -> float:
+        """When the last byte arrived (epoch seconds); a cached response's TTL counts from here."""
+        return self.started + (self.latency_ms or 0.0) / 1000
+
+    @property
+    def cacheable(self) -> bool:
+        """A complete 2xx response whose client asked to save it."""
+        ok = self.status is not None and 200 <= self.status < 300
+        save = self.cache_save
+        return save is not None and ok and not self.truncated and not self.error and save.policy.ttl > 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +247,12 @@ def _hit(entry: Entry, requested_model: str | None) -> dict[str, Any]:
 
 def decoded_response(c: Capture) -> bytes:
     return _decode(c.response_body, c.content_encoding)
+
+
+def replay_body(c: Capture) -> bytes:
+    """What a cache hit sends: the body decoded, and a stream as its client received it."""
+    body = decoded_response(c)
+    return client_view_of(body) if c.streamed and c.strip_usage else body
 
 
 def as_row(**values: Any) -> tuple[Any, ...]:

@@ -42,11 +42,10 @@ from .record import (
     PropertyUpdate,
     Score,
     as_row,
-    decoded_response,
     identity,
+    replay_body,
     to_row,
 )
-from .tee import client_view_of
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +63,7 @@ class Stats:
     dropped: int = 0
     write_errors: int = 0
     row_errors: int = 0
+    annotations: int = 0  # feedback, scores and property updates written
 
 
 class Store:
@@ -77,12 +77,15 @@ class Store:
         source: Any = None,
         on_flush: Callable[[Stats], None] | None = None,
         keep_going: Callable[[], bool] = lambda: True,
+        on_converted: Callable[[int], None] | None = None,
     ) -> None:
         """`source` replaces the internal queue (the writer process passes its inter-process queue);
-        `on_flush` sees the stats after every write; `keep_going` False ends the loop as a stop would."""
+        `on_flush` sees the stats after every write; `keep_going` False ends the loop as a stop would;
+        `on_converted` learns how many records were converted (their cache entries saved)."""
         self.path = path
         self.cache = cache
         self.on_flush = on_flush
+        self.on_converted = on_converted
         self.keep_going = keep_going
         self.flush_interval = flush_interval
         self.batch_size = batch_size
@@ -135,8 +138,10 @@ class Store:
             stopping = stopping or not self.keep_going()
             for capture in batch:
                 self._convert(capture)
+            if batch and self.on_converted is not None:
+                self.on_converted(len(batch))
             due = time.monotonic() - last_flush >= self.flush_interval
-            if self._pending and (due or stopping or len(self._pending) >= self.batch_size):
+            if self._waiting and (due or stopping or len(self._pending) >= self.batch_size):
                 self.flush()
             if due or stopping:
                 last_flush = time.monotonic()
@@ -145,13 +150,21 @@ class Store:
             self._duck.close()
             self._duck = None
 
+    @property
+    def _waiting(self) -> bool:
+        """Rows or annotations to write: feedback sent to a quiet proxy must not wait for a call."""
+        return bool(self._pending or self._annotations)
+
     def _final_flush(self, patience: float = 5.0) -> None:
         """At shutdown a reader may hold the file for a moment: keep trying, then say what is lost."""
         deadline = time.monotonic() + patience
-        while self._pending and not self.flush():
+        while self._waiting and not self.flush():
             if not self._locked or time.monotonic() > deadline:
                 self.stats.dropped += len(self._pending)
-                logger.error(f"llmtap: {len(self._pending)} rows could not be written before shutdown")
+                logger.error(
+                    f"llmtap: {len(self._pending)} rows and {len(self._annotations)} feedback, score or"
+                    " property updates could not be written before shutdown"
+                )
                 return
             time.sleep(0.2)
 
@@ -180,6 +193,8 @@ class Store:
         if not isinstance(capture, Capture):
             self._annotations.append(capture)
             return
+        if capture.hit_fresh and capture.hit_key and self.cache is not None:
+            self._saved_original(capture)
         try:
             row = to_row(capture)
         except Exception as e:
@@ -196,6 +211,18 @@ class Store:
             self._pending.popleft()
             self.stats.dropped += 1
 
+    def _saved_original(self, c: Capture) -> None:
+        """A hit the proxy answered from its memory carries no tokens: they are in the entry this
+        writer saved from the original, which it converted before this hit (one queue, in order)."""
+        assert self.cache is not None and c.hit is not None and c.hit_key is not None
+        try:
+            [saved] = self.cache.get([c.hit_key])
+        except Exception:
+            logger.exception(f"llmtap: could not read the cache entry of hit {c.meta.request_id}")
+            return
+        if saved is not None and saved.request_id == c.hit.request_id:
+            c.hit = saved
+
     def _update_cache(self, c: Capture, row: tuple[Any, ...]) -> None:
         """Count a hit, or save a complete 2xx response the client asked to cache."""
         assert self.cache is not None
@@ -203,19 +230,15 @@ class Store:
             self.cache.touch(c.hit_key)
             return
         save = c.cache_save
-        ok = c.status is not None and 200 <= c.status < 300
-        if save is None or not ok or c.truncated or c.error or save.policy.ttl <= 0:
+        if save is None or not c.cacheable:
             return
-        body = decoded_response(c)
-        if c.streamed and c.strip_usage:
-            body = client_view_of(body)
         v = dict(zip(COLUMNS, row, strict=True))
         entry = Entry(
             request_id=v["request_id"],
             status=c.status or 200,
             content_type=c.content_type or "application/json",
             streamed=c.streamed,
-            body=body,
+            body=replay_body(c),
             seed=save.policy.seed,
             provider=v["provider"],
             model=v["model"],
@@ -228,7 +251,7 @@ class Store:
             cost_usd=v["cost_usd"],
             latency_ms=v["latency_ms"],
         )
-        self.cache.put(save.keys(), entry, save.policy.ttl)
+        self.cache.put(save.keys(), entry, save.policy.ttl, prefer=c.cache_slot, since=c.ended)
 
     def flush(self) -> bool:
         """Write every pending row in one transaction; on failure keep them for the next try."""
@@ -243,7 +266,7 @@ class Store:
                 conn.execute(_merge_setting(behind=len(rows) >= self.batch_size))
                 conn.execute("BEGIN TRANSACTION")
                 _append(conn, rows, self.batch_size)
-                _annotate(conn, notes)
+                write_annotations(conn, notes)
                 conn.execute("COMMIT")
         except Exception as e:
             self._locked = isinstance(e, duckdb.IOException) and "lock" in str(e).lower()
@@ -260,6 +283,7 @@ class Store:
             self._pending.popleft()
         del self._annotations[: len(notes)]
         self.stats.written += len(rows)
+        self.stats.annotations += len(notes)
         if self.on_flush is not None:
             self.on_flush(self.stats)
         return True
@@ -331,8 +355,8 @@ def _db_values(row: tuple[Any, ...]) -> list[Any]:
     return values
 
 
-def _annotate(conn: duckdb.DuckDBPyConnection, notes: list[Annotation]) -> None:
-    """Feedback, scores and late properties, in the same transaction as (and after) the rows."""
+def write_annotations(conn: duckdb.DuckDBPyConnection, notes: list[Annotation]) -> None:
+    """Feedback, scores and late properties (in a flush: in its transaction, after the rows)."""
     feedback = [(n.request_id, n.rating, n.at) for n in notes if isinstance(n, Feedback)]
     scores = [(n.request_id, n.name, n.value, n.at) for n in notes if isinstance(n, Score)]
     if feedback:

@@ -9,8 +9,10 @@ the queue's feeder thread once per batch instead of once per call. A `llmtap-wri
 runs store.Store's loop on the other side.
 
 The child is started with the `spawn` method (mitmdump has threads; forking it is unsafe). It stops
-on the sentinel that `close()` sends, after a last flush; if mitmdump dies without one (kill -9),
-the child notices its parent is gone within a flush interval, writes what it holds and exits.
+only on the sentinel that `close()` sends, after a last flush; if mitmdump dies without one
+(kill -9), the child notices its parent is gone within a flush interval, writes what it holds and
+exits. It ignores SIGINT and SIGTERM: a terminal's Ctrl-C and systemd's stop signal the whole
+process group, and a child that died with them lost every row it held (`start` explains how).
 Counters live in shared memory, so `stats` reads them without a round trip.
 """
 
@@ -20,8 +22,10 @@ import logging
 import multiprocessing as mp
 import os
 import queue
+import signal
 import sys
 import time
+from collections import deque
 from typing import Any
 
 from .record import Capture
@@ -29,10 +33,14 @@ from .store import Stats
 
 logger = logging.getLogger(__name__)
 
-_FIELDS = ("written", "write_errors", "row_errors", "dropped")
-_RECEIVED = len(_FIELDS)  # one more shared slot: records the child has taken off the queue
+_FIELDS = ("written", "write_errors", "row_errors", "dropped", "annotations")
+_RECEIVED = len(_FIELDS)  # two more shared slots: records the child has taken off the queue,
+_CONVERTED = _RECEIVED + 1  # and records it has converted (their cache entries saved)
+SHARED_SLOTS = _CONVERTED + 1
 HANDOFF_SECONDS = 0.05
 HANDOFF_BATCH = 256
+# What a terminal's Ctrl-C, `kill -- -PGID` and systemd send to every process of the group.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class WriterProcess:
@@ -52,7 +60,10 @@ class WriterProcess:
         self.sent = 0
         self._batch: list[Capture] = []
         self._batch_started = 0.0
-        self._shared: Any = context.Array("q", len(_FIELDS) + 1)
+        self._shared: Any = context.Array("q", SHARED_SLOTS)
+        # (records sent once a batch was handed off, the last ordinal in it): see settled()
+        self._marks: deque[tuple[int, int]] = deque()
+        self._settled = 0
         self._proc = context.Process(
             target=_child,
             args=(
@@ -72,7 +83,19 @@ class WriterProcess:
         self.dropped = 0
 
     def start(self) -> None:
-        self._proc.start()
+        """Spawn the child with the stop signals blocked: it inherits the mask, so a Ctrl-C that
+        arrives while it boots stays pending until it ignores them (no KeyboardInterrupt in its
+        start-up). The stdlib starts its resource tracker the same way; it is started first here,
+        because starting it unblocks the signals. The parent's own mask is restored at once, and a
+        signal that came meanwhile is delivered to it then."""
+        from multiprocessing import resource_tracker
+
+        resource_tracker.ensure_running()
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            self._proc.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
     def submit(self, capture: Capture) -> bool:
         """Queue a capture for the writer; never waits. False when its batch had to be dropped."""
@@ -90,14 +113,26 @@ class WriterProcess:
             return True
         batch, self._batch = self._batch, []
         in_flight = self.sent - self._shared[_RECEIVED]
-        if in_flight + len(batch) > self.queue_size:
+        sent = in_flight + len(batch) <= self.queue_size
+        if sent:
+            self._queue.put_nowait(batch)
+            self.sent += len(batch)
+        self._marks.append((self.sent, self.queued))
+        if len(self._marks) > self.queue_size:  # a writer that is gone converts nothing: stay bounded
+            self._settled = self._marks.popleft()[1]
+        if not sent:
             self.dropped += len(batch)
             state = "is not running" if not self._proc.is_alive() else "is behind"
             logger.error(f"llmtap: the writer process {state}; {self.dropped} records dropped so far")
-            return False
-        self._queue.put_nowait(batch)
-        self.sent += len(batch)
-        return True
+        return sent
+
+    def settled(self) -> int:
+        """The ordinal (`queued` after its submit) up to which every record has been converted by
+        the writer, or dropped: what the proxy holds for the writer up to there may be let go."""
+        converted = self._shared[_CONVERTED]
+        while self._marks and self._marks[0][0] <= converted:
+            self._settled = self._marks.popleft()[1]
+        return self._settled
 
     def close(self, timeout: float = 30.0) -> None:
         """Ask the writer to flush everything and stop; wait for it."""
@@ -109,9 +144,9 @@ class WriterProcess:
         except queue.Full:
             logger.error("llmtap: the writer did not drain its queue in time")
         self._proc.join(timeout)
-        if self._proc.is_alive():
-            logger.error("llmtap: the writer process did not stop in time; terminating it")
-            self._proc.terminate()
+        if self._proc.is_alive():  # it ignores SIGTERM (see start)
+            logger.error("llmtap: the writer process did not stop in time; killing it")
+            self._proc.kill()
             self._proc.join(5)
         self._queue.close()
         self._queue.join_thread()
@@ -127,6 +162,9 @@ def _child(
     source: Any, shared: Any, parent: int, path: str, queue_size: int, flush_interval: float,
     cache_path: str | None, cache_max_bytes: int,
 ) -> None:  # fmt: skip
+    for sig in STOP_SIGNALS:  # stop on the parent's sentinel only, after the last flush
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     from .cachestore import CacheStore
     from .store import Store
 
@@ -154,9 +192,14 @@ def _child(
             logger.warning(
                 f"llmtap: writer cannot open the cache {cache_path} ({e}); responses are not saved"
             )
+
+    def converted(n: int) -> None:
+        with shared.get_lock():
+            shared[_CONVERTED] += n
+
     store = Store(
         path, queue_size, flush_interval, cache=cache, source=_Counting(source, shared), on_flush=publish,
-        keep_going=lambda: os.getppid() == parent,
+        keep_going=lambda: os.getppid() == parent, on_converted=converted,
     )  # fmt: skip
     store.run()
     publish(store.stats)

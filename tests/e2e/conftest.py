@@ -1,22 +1,25 @@
 """End-to-end harness: a real mitmdump subprocess with addon/tap.py in front of the fake provider.
 
-Every proxy gets its own confdir (its own CA) and database under tmp_path. `Proxy.stop()` sends
-SIGTERM, so the addon's `done` flushes the writer before rows are read.
+Every proxy gets its own confdir (its own CA) and database under tmp_path, and runs in a session of
+its own. `Proxy.stop()` stops it as a terminal's Ctrl-C does, SIGINT to the whole process group
+(the llmtap-writer child included), so every test that reads rows after a stop checks that path.
+While the proxy runs, `wait_rows` waits (bounded) for rows to reach the file: tests wait for the
+fact, never for a fixed time.
 """
 
 from __future__ import annotations
 
 import re
+import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pytest
 
-from llmtap import proxyproc
+from llmtap import proxyproc, query
 from tests.fakeprovider import FakeProvider
 
 
@@ -36,8 +39,8 @@ class Proxy:
     def ca(self) -> Path:
         return self.confdir / "mitmproxy-ca-cert.pem"
 
-    def stop(self) -> int:
-        return self.proc.stop()
+    def stop(self, sig: int = signal.SIGINT, group: bool = True) -> int:
+        return self.proc.stop(sig, group)
 
     def log(self) -> str:
         return self.proc.output()
@@ -55,10 +58,27 @@ class Proxy:
         """Rows as dicts, read once the proxy has stopped (and flushed)."""
         if self.proc.proc.poll() is None:
             assert self.stop() == 0, self.log()
-        with duckdb.connect(str(self.db), read_only=True) as conn:
-            cur = conn.execute(f"SELECT * FROM requests WHERE {where} ORDER BY created_at", params or [])
+        return self.select(f"SELECT * FROM requests WHERE {where} ORDER BY created_at", params)
+
+    def select(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
+        """Any query, read-only; while the proxy runs too (waiting out the writer's brief flushes)."""
+        conn = query.connect(self.db, wait=10)
+        try:
+            cur = conn.execute(sql, params or [])
             names = [d[0] for d in cur.description]
             return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+        finally:
+            conn.close()
+
+    def wait_rows(self, sql: str, n: int, params: list[Any] | None = None, timeout: float = 10.0):
+        """Poll a query while the proxy runs until it returns `n` rows; fail after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.select(sql, params) if self.db.exists() else []
+            if len(found) >= n:
+                return found
+            assert time.monotonic() < deadline, f"{len(found)} of {n} rows after {timeout}s: {sql}"
+            time.sleep(0.05)
 
 
 @pytest.fixture
@@ -71,7 +91,13 @@ def fake() -> Iterator[FakeProvider]:
 def start_proxy(tmp_path: Path) -> Iterator[Callable[..., Proxy]]:
     started: list[Proxy] = []
 
-    def start(*args: str, db: Path | None = None, cache: Path | None = None, flush_ms: int = 200) -> Proxy:
+    def start(
+        *args: str,
+        db: Path | None = None,
+        cache: Path | None = None,
+        flush_ms: int = 200,
+        command: list[str] | None = None,
+    ) -> Proxy:
         n = len(started)
         work = tmp_path / f"proxy{n}"
         db = db or tmp_path / f"llmtap{n}.duckdb"
@@ -84,7 +110,7 @@ def start_proxy(tmp_path: Path) -> Iterator[Callable[..., Proxy]]:
         }
         given = {a.split("=", 1)[0] for a in args if "=" in a}  # a test's own --set wins (no duplicates)
         defaults = [a for k, v in settings.items() if k not in given for a in ("--set", f"{k}={v}")]
-        proc = proxyproc.start([*defaults, *args], work)
+        proc = proxyproc.start([*defaults, *args], work, command=command)
         proxy = Proxy(proc, db, work / "conf", cache)
         started.append(proxy)
         return proxy

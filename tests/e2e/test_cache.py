@@ -1,7 +1,8 @@
 """The response cache end to end: real mitmdump, real SDKs, the fake provider counting calls.
 
-A response is saved by the writer thread moments after it completes; tests wait for the entry
-(`wait_entries`) before asking for a hit, as a user's second call a moment later would find it.
+Calls follow each other at once, as a script's or a retry loop's do: the second identical call
+must be a hit although the writer process has not saved the first one yet. Only tests about the
+cache file itself (`llmtap cache stats`) wait for the writer, for the fact (`wait_entries`).
 """
 
 from __future__ import annotations
@@ -53,7 +54,6 @@ def test_second_call_is_a_hit_and_never_reaches_the_provider(gateway: Proxy, fak
     usage = json.dumps({"input": 1000, "cached": 200, "output": 50})
     first = chat_raw(gateway, {**CACHE, "x-fake-usage": usage})
     assert first.headers["helicone-cache"] == "MISS"
-    wait_entries(gateway, 1)
     second = chat_raw(gateway, {**CACHE, "x-fake-usage": usage})
     assert second.headers["helicone-cache"] == "HIT"
     assert second.headers["helicone-cache-bucket-idx"] == "0"
@@ -91,7 +91,6 @@ def sse_bytes(proxy: Proxy, headers: dict[str, str]) -> tuple[dict[str, str], by
 
 def test_streams_are_replayed_event_for_event(gateway: Proxy, fake: FakeProvider) -> None:
     h1, original = sse_bytes(gateway, CACHE)
-    wait_entries(gateway, 1)
     h2, replayed = sse_bytes(gateway, CACHE)
     assert (h1["helicone-cache"], h2["helicone-cache"]) == ("MISS", "HIT")
     assert h2["content-type"].startswith("text/event-stream")
@@ -120,7 +119,6 @@ def test_anthropic_stream_from_a_hit_works_in_the_sdk(gateway: Proxy, fake: Fake
             return s.get_final_message().content[0].text
 
     first = ask()
-    wait_entries(gateway, 1)
     assert ask() == first
     assert len(fake.received) == 1
 
@@ -130,7 +128,6 @@ def test_bucket_fills_before_it_hits(gateway: Proxy, fake: FakeProvider) -> None
     for i in range(3):
         r = chat_raw(gateway, {**headers, "x-fake-reply": f"reply {i}"})
         assert r.headers["helicone-cache"] == "MISS"
-        wait_entries(gateway, i + 1)
     replies, slots = set(), set()
     for _ in range(30):
         r = chat_raw(gateway, headers)
@@ -153,7 +150,6 @@ def test_bucket_over_20_is_a_400_naming_the_header(gateway: Proxy, fake: FakePro
 def test_ttl_from_cache_control_expires(gateway: Proxy, fake: FakeProvider) -> None:
     headers = {**CACHE, "Cache-Control": "max-age=1"}
     chat_raw(gateway, headers)
-    wait_entries(gateway, 1)
     assert chat_raw(gateway, headers).headers["helicone-cache"] == "HIT"
     time.sleep(1.2)
     assert chat_raw(gateway, headers).headers["helicone-cache"] == "MISS"
@@ -165,7 +161,6 @@ def test_ignore_keys_in_both_forms(gateway: Proxy, fake: FakeProvider) -> None:
         fake.clear()
         headers = {**CACHE, "Helicone-Cache-Ignore-Keys": form, "Helicone-Cache-Seed": form}
         chat_raw(gateway, headers, user="alice")
-        wait_entries(gateway, 1 if form == "user,metadata" else 3)  # the first round saved two
         assert chat_raw(gateway, headers, user="bob").headers["helicone-cache"] == "HIT"
         assert chat_raw(gateway, headers, user="bob", temperature=0.5).headers["helicone-cache"] == "MISS"
         assert len(fake.received) == 2
@@ -174,7 +169,7 @@ def test_ignore_keys_in_both_forms(gateway: Proxy, fake: FakeProvider) -> None:
 def test_isolated_by_api_key_and_by_host(fake: FakeProvider, start_proxy: Callable[..., Proxy]) -> None:
     with FakeProvider() as other:
         p1, p2 = free_port(), free_port()
-        proxy = start_proxy("--mode", f"reverse:{fake.url}@{p1}", "--mode", f"reverse:{other.url}@{p2}")
+        start_proxy("--mode", f"reverse:{fake.url}@{p1}", "--mode", f"reverse:{other.url}@{p2}")
 
         def call(port: int, key: str) -> str:
             c = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
@@ -184,10 +179,8 @@ def test_isolated_by_api_key_and_by_host(fake: FakeProvider, start_proxy: Callab
             return raw.headers["helicone-cache"]
 
         assert call(p1, "sk-alice") == "MISS"
-        wait_entries(proxy, 1)
         assert call(p1, "sk-bob") == "MISS"  # another key never shares an entry
         assert call(p2, "sk-alice") == "MISS"  # another host neither
-        wait_entries(proxy, 3)
         assert [call(p1, "sk-alice"), call(p1, "sk-bob"), call(p2, "sk-alice")] == ["HIT"] * 3
         assert (len(fake.received), len(other.received)) == (2, 1)
 
@@ -199,7 +192,6 @@ def test_persists_across_restart_and_serves_hits_with_the_upstream_down(
     with FakeProvider() as fake:
         first = start_proxy("--mode", f"reverse:{fake.url}", cache=cache)
         original = chat_raw(first, CACHE).parse().choices[0].message.content
-        wait_entries(first, 1)
         first.stop()
         dead = fake.url
     second = start_proxy("--mode", f"reverse:{dead}", cache=cache)  # nothing listens there now
@@ -220,7 +212,6 @@ def test_only_2xx_responses_are_saved(gateway: Proxy, fake: FakeProvider) -> Non
 def test_save_only_then_read_only(gateway: Proxy, fake: FakeProvider) -> None:
     r = chat_raw(gateway, {"Helicone-Cache-Save": "true"})
     assert "helicone-cache" not in r.headers  # no read was asked for
-    wait_entries(gateway, 1)
     assert chat_raw(gateway, {"Helicone-Cache-Read": "true"}).headers["helicone-cache"] == "HIT"
     assert len(fake.received) == 1
 
@@ -240,7 +231,6 @@ def test_rule_turns_the_cache_on_and_hot_reload(
     while "helicone-cache" not in chat_raw(proxy, {}).headers:
         assert time.monotonic() < deadline, "the rule was not picked up"
         time.sleep(0.2)
-    wait_entries(proxy, 1)
     assert chat_raw(proxy, {}).headers["helicone-cache"] == "HIT"
     assert "helicone-cache" not in chat_raw(proxy, {}, model="gpt-4o").headers  # the rule does not match
     assert chat_raw(proxy, {"Helicone-Cache-Enabled": "false"}).headers.get("helicone-cache") is None
@@ -256,7 +246,7 @@ def test_rule_turns_the_cache_on_and_hot_reload(
 def test_cache_stats_and_clear_by_seed(gateway: Proxy) -> None:
     chat_raw(gateway, {**CACHE, "Helicone-Cache-Seed": "a"})
     chat_raw(gateway, {**CACHE, "Helicone-Cache-Seed": "b"})
-    wait_entries(gateway, 2)
+    wait_entries(gateway, 2)  # `llmtap cache` reads the file: wait for the writer to save them
     cli = [sys.executable, "-m", "llmtap.cli", "cache"]
     env = {"PYTHONPATH": str(ROOT / "addon"), "PATH": "/usr/bin:/bin"}
     stats = subprocess.run(
@@ -270,3 +260,52 @@ def test_cache_stats_and_clear_by_seed(gateway: Proxy) -> None:
     assert clear.stdout.strip() == "deleted 1 cached responses with seed 'a'"
     assert chat_raw(gateway, {**CACHE, "Helicone-Cache-Seed": "a"}).headers["helicone-cache"] == "MISS"
     assert chat_raw(gateway, {**CACHE, "Helicone-Cache-Seed": "b"}).headers["helicone-cache"] == "HIT"
+
+
+def test_back_to_back_identical_calls_json_and_sse_openai_and_anthropic(
+    gateway: Proxy, fake: FakeProvider
+) -> None:
+    """Each pair is sent as a loop would, the second the moment the first returned."""
+    oai = client(gateway)
+    claude = Anthropic(base_url=gateway.url, api_key="sk-ant", max_retries=0)
+    headers = {**CACHE, "x-fake-usage": json.dumps({"input": 1500, "cached": 1024, "output": 40})}
+
+    def openai_json() -> tuple[str, str]:
+        raw = oai.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MSGS,
+                                                            extra_headers=headers)  # fmt: skip
+        return raw.headers["helicone-cache"], raw.parse().choices[0].message.content or ""
+
+    def openai_sse() -> tuple[str, str]:
+        raw = oai.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=MSGS, stream=True, extra_headers=headers
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+        return raw.headers["helicone-cache"], text
+
+    def anthropic_json() -> tuple[str, str]:
+        raw = claude.messages.with_raw_response.create(model="claude-haiku-4-5", max_tokens=32,
+                                                       messages=MSGS, extra_headers=headers)  # fmt: skip
+        return raw.headers["helicone-cache"], raw.parse().content[0].text
+
+    def anthropic_sse() -> tuple[str, str]:
+        with claude.messages.with_streaming_response.create(
+            model="claude-haiku-4-5", max_tokens=32, messages=MSGS, stream=True, extra_headers=headers
+        ) as resp:
+            body = resp.read()
+            return resp.headers["helicone-cache"], body.decode()
+
+    for n, ask in enumerate((openai_json, openai_sse, anthropic_json, anthropic_sse), start=1):
+        status, first = ask()
+        assert status == "MISS"
+        assert ask() == ("HIT", first), ask.__name__
+        assert len(fake.received) == n, f"{ask.__name__}: the second call reached the provider"
+    rows = gateway.rows()
+    assert [r["cache_status"] for r in rows] == ["MISS", "HIT"] * 4
+    for miss, hit in zip(rows[::2], rows[1::2], strict=True):
+        assert hit["cache_reference_id"] == miss["request_id"]
+        assert (hit["input_tokens"], hit["cache_read_tokens"], hit["output_tokens"]) == (
+            miss["input_tokens"], miss["cache_read_tokens"], miss["output_tokens"],
+        )  # fmt: skip
+        assert hit["input_tokens"] == 1500 and hit["output_tokens"] == 40
+        assert hit["cost_usd"] == Decimal(0) and hit["cost_saved_usd"] == miss["cost_usd"]
+        assert miss["cost_usd"] is not None and miss["cost_usd"] > Decimal("0.0001")

@@ -17,7 +17,6 @@ from anthropic import Anthropic
 from openai import OpenAI
 
 from tests.e2e.conftest import Proxy
-from tests.e2e.test_cache import wait_entries
 from tests.fakeprovider import FakeProvider
 
 MSGS = [{"role": "user", "content": "Say hello"}]
@@ -93,16 +92,15 @@ def test_rule_limits_per_property_and_global(
 def test_tokens_and_cents_limits_are_charged_with_real_usage(gateway: Proxy) -> None:
     usage = json.dumps({"input": 700, "output": 100})
     tokens = {"Helicone-RateLimit-Policy": "1000;w=3600;u=tokens", "x-fake-usage": usage}
+    # Back to back, as a script calls: each charge (priced off the event loop) lands before the
+    # next call is admitted.
     chat(gateway, tokens)  # 1000 -> 200 once charged: still positive, so the next is admitted
-    time.sleep(0.5)  # the charge is priced off the event loop
     chat(gateway, tokens)  # 200 -> -600
-    time.sleep(0.5)
     with pytest.raises(openai.RateLimitError):
         chat(gateway, tokens)
     big = json.dumps({"input": 1_000_000, "output": 100_000})
     cents = {"Helicone-RateLimit-Policy": "10;w=3600;u=cents", "x-fake-usage": big}
     chat(gateway, cents, model="gpt-4o")  # $3.50 = 350 cents, far beyond the 10-cent quota
-    time.sleep(0.5)
     with pytest.raises(openai.RateLimitError):
         chat(gateway, cents, model="gpt-4o")
 
@@ -128,12 +126,20 @@ def test_bad_policy_header_is_a_400_naming_it(
     assert fake.received == []
 
 
-def test_cache_hits_are_not_charged(gateway: Proxy) -> None:
+def test_cache_hits_are_not_charged(gateway: Proxy, fake: FakeProvider) -> None:
+    """A rate-limited client's next identical call, sent at once, is a hit and costs no quota."""
     headers = {"Helicone-RateLimit-Policy": "1;w=60", "Helicone-Cache-Enabled": "true"}
-    chat(gateway, headers)
-    wait_entries(gateway, 1)  # the entry is saved by the writer process
+    assert chat(gateway, headers).headers["helicone-cache"] == "MISS"
     for _ in range(3):
         assert chat(gateway, headers).headers["helicone-cache"] == "HIT"
+    with pytest.raises(openai.RateLimitError):  # the one request of the quota went to the first call
+        chat(gateway, headers, temperature=0.5)
+    assert len(fake.received) == 1
+    rows = gateway.rows()
+    assert [(r["cache_status"], r["status"], r["rate_limited"]) for r in rows] == [
+        ("MISS", 200, False), ("HIT", 200, False), ("HIT", 200, False), ("HIT", 200, False),
+        ("MISS", 429, True),  # it asked the cache too, and missed
+    ]  # fmt: skip
 
 
 # -- retries --
@@ -232,7 +238,7 @@ def test_a_stream_is_retried_only_before_anything_reached_the_client(
     resp.read1(100)
     resp.close()
     conn.close()
-    time.sleep(0.5)
+    gateway.wait_rows("SELECT 1 FROM requests", 2)  # the cut call's row: its error hook has run
     assert len(fake.received) == 3
     rows = gateway.rows()
     assert rows[0]["retries"] == 1 and rows[0]["streamed"] and rows[0]["output_tokens"] > 0
@@ -251,7 +257,10 @@ def test_a_backing_off_call_does_not_delay_other_clients(gateway: Proxy, fake: F
     started = time.monotonic()
     waiting = threading.Thread(target=lambda: (chat(gateway, slow), done.append(time.monotonic() - started)))
     waiting.start()
-    time.sleep(0.3)
+    deadline = time.monotonic() + 10
+    while not fake.received:  # its first attempt failed: it is backing off now
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     quick = []
     for _ in range(5):
         t = time.monotonic()

@@ -103,7 +103,7 @@ def test_client_abort_mid_stream_still_gets_a_row(gateway: Proxy) -> None:
     assert b"data:" in seen
     conn.sock.close()
     conn.close()
-    time.sleep(0.5)
+    gateway.wait_rows("SELECT 1 FROM requests", 1)  # the abort reached the error hook
     [row] = gateway.rows()
     assert row["streamed"] is True and row["status"] == 200
     assert "disconnect" in row["error"].lower()

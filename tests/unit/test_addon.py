@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import inspect
 import json
 import logging
@@ -18,6 +19,7 @@ from llmtap import addon as addon_module
 from llmtap import cache, headers, providers, ratelimit
 from llmtap.addon import LLMTap
 from llmtap.cachestore import CacheStore, Entry
+from llmtap.freshcache import FreshEntries
 from llmtap.policies import CachePolicy
 from llmtap.record import Capture
 from llmtap.tee import StreamTee
@@ -36,10 +38,18 @@ class FakeStore:
 
     def __init__(self) -> None:
         self.submitted: list[Capture] = []
+        self.converted = 0  # how far the writer has got, as WriterProcess.settled() reports it
+
+    @property
+    def queued(self) -> int:
+        return len(self.submitted)
 
     def submit(self, capture: Capture) -> bool:
         self.submitted.append(capture)
         return True
+
+    def settled(self) -> int:
+        return self.converted
 
     def close(self, timeout: float = 30.0) -> None:
         pass
@@ -397,6 +407,8 @@ CACHE_ON = (("Helicone-Cache-Enabled", "true"),)
 def cached(tap: Tap, tmp_path: Path) -> Iterator[Tap]:
     a, _, _ = tap
     a.cache = CacheStore(tmp_path / "cache.sqlite")
+    # As _start_store makes it; its clock is the test flows' (tflow's timestamps are from 2000).
+    a.fresh = FreshEntries(100, 1 << 20, clock=lambda: tutils.tresp().timestamp_end + 1)
     yield tap
     a.cache.close()
 
@@ -457,6 +469,89 @@ def test_an_identical_call_is_answered_from_the_cache(cached: Tap) -> None:
     assert hit.cache_save is None, "a hit is not saved again"
     assert (hit.status, hit.meta.request_id, hit.streamed) == (200, REQUEST_ID, False)
     assert a.calls == {}
+
+
+def test_the_next_identical_call_is_a_hit_before_the_writer_has_saved_it(cached: Tap) -> None:
+    """A script's second call, sent as the first returned: the file has no entry yet."""
+    a, _, store = cached
+    first = request(extra=CACHE_ON)
+    send(a, first)
+    plain = samples.dumps(samples.openai_chat_json())
+    gz = respond(body=gzip.compress(plain))
+    gz.headers["content-encoding"] = "gzip"  # as the real API answers an SDK
+    receive(a, first, gz)
+    [miss] = store.submitted
+    assert miss.cache_save is not None and miss.cache_slot == 0
+    assert a.cache is not None and a.cache.stats()["entries"] == 0
+
+    f = request(extra=CACHE_ON)
+    send(a, f)
+    assert f.response is not None and f.response.headers["helicone-cache"] == "HIT"
+    assert f.response.raw_content == plain and "content-encoding" not in f.response.headers
+    drive(a.response(f))
+    hit = store.submitted[1]
+    assert (hit.cache_status, hit.hit_fresh, hit.hit_key) == ("HIT", True, miss.cache_save.keys()[0])
+    assert hit.hit is not None and hit.hit.request_id == miss.meta.request_id
+
+    store.converted = store.queued  # the writer has converted both: memory lets go
+    a.fresh.settle(store.settled())
+    assert len(a.fresh) == 0
+    g = request(extra=CACHE_ON)
+    send(a, g)
+    assert g.response is None, "nothing in memory and (here) nothing saved: a miss"
+
+
+def test_a_bucket_fills_with_its_first_calls_back_to_back(cached: Tap) -> None:
+    a, _, store = cached
+    bucket = (*CACHE_ON, ("Helicone-Cache-Bucket-Max-Size", "3"))
+    for i in range(3):
+        f = request(extra=bucket)
+        send(a, f)
+        assert f.response is None, f"call {i} fills a slot"
+        receive(a, f, respond(body=samples.dumps(samples.openai_chat_json()).replace(b"Hello!", b"%d" % i)))
+    assert [c.cache_slot for c in store.submitted] == [0, 1, 2]
+    seen = set()
+    for _ in range(30):
+        f = request(extra=bucket)
+        send(a, f)
+        assert f.response is not None and f.response.headers["helicone-cache"] == "HIT"
+        seen.add(f.response.headers["helicone-cache-bucket-idx"])
+        drive(a.response(f))
+    assert seen == {"0", "1", "2"}
+
+
+def test_a_slot_the_file_already_has_is_not_taken_again(cached: Tap) -> None:
+    a, _, store = cached
+    bucket = (*CACHE_ON, ("Helicone-Cache-Bucket-Max-Size", "2"))
+    first = request(extra=bucket)
+    send(a, first)
+    c = a.calls[first.id].capture
+    assert c is not None and c.cache_save is not None and a.cache is not None
+    a.cache.put(c.cache_save.keys(), saved_entry(c), 3600)  # slot 0 saved by an earlier run
+    receive(a, first, respond())
+    assert store.submitted[0].cache_slot == 1
+    f = request(extra=bucket)
+    send(a, f)
+    assert f.response is not None and f.response.headers["helicone-cache"] == "HIT"
+
+
+@pytest.mark.parametrize("cut", [False, True])
+def test_what_will_not_be_saved_is_not_held(cached: Tap, cut: bool) -> None:
+    a, _, store = cached
+    f = request(body=STREAM_BODY if cut else CHAT_BODY, extra=CACHE_ON)
+    send(a, f)
+    if cut:  # a stream that ended before its end
+        f.response = respond(body=b"", ctype="text/event-stream")
+        a.responseheaders(f)
+        assert callable(f.response.stream)
+        f.response.stream(INJECTED[:200])
+        drive(a.response(f))
+    else:
+        receive(a, f, respond(status=500))
+    assert len(a.fresh) == 0 and store.submitted[0].cache_slot is None
+    g = request(body=STREAM_BODY if cut else CHAT_BODY, extra=CACHE_ON)
+    send(a, g)
+    assert g.response is None
 
 
 def test_a_cached_stream_is_replayed_as_a_stream(cached: Tap) -> None:
@@ -581,7 +676,7 @@ def test_a_failing_cache_lookup_is_a_miss(
     cached: Tap, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     a, _, store = cached
-    monkeypatch.setattr(a.cache, "pick", boom)
+    monkeypatch.setattr(a.cache, "get", boom)
     f = request(extra=CACHE_ON)
     with caplog.at_level(logging.ERROR, logger="llmtap.addon"):
         send(a, f)
@@ -738,6 +833,40 @@ def test_a_tokens_limit_is_charged_with_the_real_usage(limited: Tap) -> None:
     send(a, second)
     assert second.response is not None and second.response.status_code == 429, "1000 - 1500 tokens left"
     assert rate_headers(second.response)["helicone-ratelimit-policy"] == "1000;w=60;u=tokens"
+
+
+def test_the_next_call_waits_for_the_last_ones_charge(limited: Tap, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On mitmproxy's loop the charge is priced in a worker thread; a call that comes at once must
+    still be admitted against the charged bucket (it awaits the charge; the loop never blocks)."""
+    a, _, _ = limited
+    slow_spent = addon_module.spent
+
+    def slow(c: Capture) -> tuple[float | None, int | None]:
+        import time
+
+        time.sleep(0.2)  # pricing that takes long
+        return slow_spent(c)
+
+    monkeypatch.setattr(addon_module, "spent", slow)
+    policy = (("Helicone-RateLimit-Policy", "1000;w=60;u=tokens"),)
+
+    async def two_calls() -> http.HTTPFlow:
+        first = request(extra=policy)
+        a.requestheaders(first)
+        assert a.request(first) is None
+        first.response = respond()  # usage: 1200 + 300 tokens
+        a.responseheaders(first)
+        assert a.response(first) is None
+        assert len(a._charging) == 1, "priced off the loop"
+        second = request(extra=policy)
+        a.requestheaders(second)
+        work = a.request(second)
+        assert inspect.iscoroutine(work), "waits for the pending charge"
+        await work
+        return second
+
+    second = asyncio.run(two_calls())
+    assert second.response is not None and second.response.status_code == 429
 
 
 def test_a_rule_limit_without_its_segment_is_one_shared_bucket(limited: Tap, tmp_path: Path) -> None:

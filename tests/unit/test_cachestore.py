@@ -255,3 +255,24 @@ def test_file_persists_across_opens(make_cache: Callable[..., CacheStore]) -> No
     first.put(ONE, entry(0), HOUR)
     first.close()
     assert make_cache().get(ONE)[0] is not None
+
+
+def test_put_takes_the_preferred_slot_when_it_is_free(store: CacheStore) -> None:
+    assert store.put(KEYS, entry(1), 60, prefer=2) == 2
+    assert store.put(KEYS, entry(2), 60, prefer=2) == 0, "taken: the first free one"
+    assert store.put(KEYS, entry(3), 60, prefer=None) == 1
+    assert [e.request_id if e else None for e in store.get(KEYS)] == ["req-2", "req-3", "req-1"]
+
+
+def test_the_ttl_counts_from_when_the_response_arrived(store: CacheStore, clock: Clock) -> None:
+    """The writer saves a response a moment (or, while busy, much) after it arrived."""
+    arrived = clock.now
+    clock.now += 30
+    store.put(ONE, entry(1), 60, since=arrived)
+    clock.now = arrived + 59
+    assert store.get(ONE) != [None]
+    clock.now = arrived + 61
+    assert store.get(ONE) == [None]
+    store.put(ONE, entry(2), 60, since=clock.now + 100)  # never in the future
+    clock.now += 59
+    assert store.get(ONE) != [None]

@@ -20,7 +20,7 @@ from llmtap.cache import Lookup
 from llmtap.cachestore import CacheStore, Entry
 from llmtap.headers import CallMeta
 from llmtap.policies import CachePolicy
-from llmtap.record import COLUMNS, Capture, to_row
+from llmtap.record import COLUMNS, Capture, Feedback, PropertyUpdate, Score, to_row
 from llmtap.store import Store
 
 from . import samples
@@ -85,7 +85,7 @@ def make_store() -> Iterator[Callable[..., Store]]:
     stores: list[Store] = []
 
     def make(path: Path | str, **kwargs: float) -> Store:
-        s = Store(str(path), flush_interval=0.05, **kwargs)  # type: ignore[arg-type]
+        s = Store(str(path), **{"flush_interval": 0.05, **kwargs})  # type: ignore[arg-type]
         stores.append(s)
         return s
 
@@ -277,6 +277,11 @@ def cache_store(tmp_path: Path) -> Iterator[CacheStore]:
     c.close()
 
 
+def just_now(**overrides: object) -> Capture:
+    """A call that has just finished: a cache entry's TTL counts from its end."""
+    return samples.capture(**{"started": time.time() - 1, **overrides})
+
+
 def run_through(
     make_store: Callable[..., Store], db_path: Path, cache_store: CacheStore, *caps: Capture
 ) -> None:
@@ -292,7 +297,7 @@ def test_a_2xx_capture_is_saved_with_the_rows_tokens_and_cost(
     make_store: Callable[..., Store], db_path: Path, cache_store: CacheStore
 ) -> None:
     save = lookup(CachePolicy(seed="v1", bucket_max_size=2))
-    c = samples.capture(cache_save=save, cache_status="MISS", content_type="application/json")
+    c = just_now(cache_save=save, cache_status="MISS", content_type="application/json")
     run_through(make_store, db_path, cache_store, c)
 
     saved, empty = cache_store.get(save.keys())
@@ -340,7 +345,7 @@ def test_what_is_not_saved(
     make_store: Callable[..., Store], db_path: Path, cache_store: CacheStore, overrides: dict[str, object]
 ) -> None:
     values: dict[str, object] = {"cache_save": lookup(), **overrides}
-    run_through(make_store, db_path, cache_store, samples.capture(**values))
+    run_through(make_store, db_path, cache_store, just_now(**values))
     assert cache_store.stats()["entries"] == 0
     assert len(rows(db_path)) == 1, "the call is still logged"
 
@@ -348,7 +353,7 @@ def test_what_is_not_saved(
 def test_a_2xx_that_is_not_200_is_saved(
     make_store: Callable[..., Store], db_path: Path, cache_store: CacheStore
 ) -> None:
-    run_through(make_store, db_path, cache_store, samples.capture(status=201, cache_save=lookup()))
+    run_through(make_store, db_path, cache_store, just_now(status=201, cache_save=lookup()))
     [saved] = cache_store.get(lookup().keys())
     assert saved is not None and saved.status == 201
 
@@ -358,7 +363,7 @@ def test_a_stream_is_saved_as_the_client_saw_it(
 ) -> None:
     body = samples.dumps(samples.STREAM_REQUEST)
     save = lookup(body=body)
-    c = samples.capture(
+    c = just_now(
         request_body=body, response_body=samples.openai_stream("final"), streamed=True, strip_usage=True,
         content_type="text/event-stream", cache_save=save,
     )  # fmt: skip
@@ -375,7 +380,7 @@ def test_a_stream_is_saved_as_the_client_saw_it(
 def test_a_stream_the_client_asked_usage_for_is_saved_unchanged(
     make_store: Callable[..., Store], db_path: Path, cache_store: CacheStore
 ) -> None:
-    c = samples.capture(
+    c = just_now(
         response_body=samples.openai_stream("final"), streamed=True, strip_usage=False,
         content_type="text/event-stream", cache_save=lookup(),
     )  # fmt: skip
@@ -388,7 +393,7 @@ def test_a_gzip_response_is_saved_decoded(
     make_store: Callable[..., Store], db_path: Path, cache_store: CacheStore
 ) -> None:
     plain = samples.dumps(samples.openai_chat_json())
-    c = samples.capture(response_body=gzip.compress(plain), content_encoding="gzip", cache_save=lookup())
+    c = just_now(response_body=gzip.compress(plain), content_encoding="gzip", cache_save=lookup())
     run_through(make_store, db_path, cache_store, c)
     [saved] = cache_store.get(lookup().keys())
     assert saved is not None and saved.body == plain
@@ -421,7 +426,7 @@ def test_a_broken_cache_never_loses_the_row(
         raise sqlite3.OperationalError("disk I/O error")
 
     monkeypatch.setattr(cache_store, "put", broken)
-    run_through(make_store, db_path, cache_store, samples.capture(cache_save=lookup()))
+    run_through(make_store, db_path, cache_store, just_now(cache_save=lookup()))
     assert rows(db_path) == [("0b9e5f2a-8d63-4c1e-9f0a-5a3c7d2e1b44",)]
     assert "could not update the cache for 0b9e5f2a-8d63-4c1e-9f0a-5a3c7d2e1b44" in caplog.text
 
@@ -477,3 +482,63 @@ def test_a_kill_during_a_write_leaves_whole_batches(db_path: Path) -> None:
         total, distinct = rows(db_path, "SELECT count(*), count(DISTINCT request_id) FROM requests")[0]
         assert total == distinct and total % 500 == 0
     assert total > 0
+
+
+def test_a_hit_from_the_proxys_memory_gets_the_saved_originals_tokens(
+    make_store: Callable[..., Store], db_path: Path, cache_store: CacheStore
+) -> None:
+    """The proxy answered the hit before the writer saved the original: the hit carries no tokens;
+    the writer converts the original first (one queue, in order) and reads them from its entry."""
+    save = lookup()
+    original = just_now(cache_save=save, cache_status="MISS", cache_slot=0)
+    unsaved = Entry(original.meta.request_id, 200, "application/json", False, b"{}")
+    hit = samples.capture(
+        meta=CallMeta(request_id="req-hit"), hit=unsaved, hit_key=save.keys()[0], hit_fresh=True,
+        cache_status="HIT",
+    )  # fmt: skip
+    run_through(make_store, db_path, cache_store, original, hit)
+    sql = (
+        "SELECT request_id, cache_status, input_tokens, output_tokens, cache_read_tokens, reasoning_tokens,"
+        " cost_usd, cost_saved_usd, cache_reference_id, latency_saved_ms FROM requests ORDER BY request_id"
+    )
+    first, second = rows(db_path, sql)
+    assert first[:6] == (original.meta.request_id, "MISS", 1200, 300, 1024, 128)
+    assert second[:6] == ("req-hit", "HIT", 1200, 300, 1024, 128)
+    assert second[6:] == (Decimal(0), first[6], original.meta.request_id, 812.5)
+    assert cache_store.stats()["hits"] == 1
+
+
+def test_annotations_on_a_quiet_writer_are_flushed_without_a_call(
+    make_store: Callable[..., Store], db_path: Path
+) -> None:
+    """Feedback minutes after the call, with no other traffic: stored within a flush interval."""
+    s = make_store(db_path)
+    s.start()
+    s.submit(capture(1))
+    wait_for(lambda: s.stats.written == 1, "the call's row")
+    at = samples.datetime(2025, 6, 1, 12, 5, tzinfo=samples.UTC)
+    for note in (Feedback("req-001", True, at), Score("req-001", "accuracy", 92, at),
+                 PropertyUpdate("req-001", "reviewed", "yes")):  # fmt: skip
+        assert s.submit(note)  # type: ignore[arg-type]
+
+    def stored() -> bool:
+        try:
+            return rows(db_path, "SELECT count(*) FROM feedback") == [(1,)]
+        except duckdb.Error:  # this process's writer has the file attached right now
+            return False
+
+    wait_for(stored, "the feedback row", timeout=5)
+    assert rows(db_path, "SELECT request_id, name, value FROM scores") == [("req-001", "accuracy", 92)]
+    assert rows(db_path, "SELECT properties->>'reviewed' FROM requests") == [("yes",)]
+
+
+def test_annotations_queued_at_shutdown_are_stored(make_store: Callable[..., Store], db_path: Path) -> None:
+    s = make_store(db_path, flush_interval=3600)
+    s.start()
+    s.submit(capture(1))
+    s.close()
+    s = make_store(db_path, flush_interval=3600)
+    s.start()
+    s.submit(Feedback("req-001", False, samples.datetime.now(samples.UTC)))  # type: ignore[arg-type]
+    s.close()
+    assert rows(db_path, "SELECT request_id, rating FROM feedback") == [("req-001", False)]
