@@ -524,7 +524,13 @@ class LLMTap:
             work()
             return
         self._charging.add(pending)
-        pending.add_done_callback(self._charging.discard)
+        pending.add_done_callback(self._charged)
+
+    def _charged(self, done: asyncio.Future[None]) -> None:
+        self._charging.discard(done)
+        if not done.cancelled() and done.exception() is not None:
+            self.hook_errors += 1
+            logger.error("llmtap: charging a rate limit failed", exc_info=done.exception())
 
     def _finish(self, flow: http.HTTPFlow, call: Call, error: str | None) -> None:
         c = call.capture

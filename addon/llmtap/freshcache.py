@@ -86,10 +86,6 @@ class FreshEntries:
                 return
             self._drop(key)
 
-    def clear(self) -> None:
-        self._by_key.clear()
-        self._bytes = 0
-
     def _drop(self, key: str) -> None:
         fresh = self._by_key.pop(key, None)
         if fresh is not None:
