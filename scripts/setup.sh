@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create ./.venv with Python >= 3.12 (mitmproxy 12 needs it) and install llmtap with its dev extras.
+# Create ./.venv with Python >= 3.12 (mitmproxy 12 needs it) and install llmtap with its dev extras,
+# at the versions in scripts/constraints.txt.
 # Safe to run again: an existing .venv is reused and the install refreshed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,5 +26,6 @@ if [ ! -x .venv/bin/python ] || ! is_312 .venv/bin/python; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+# Pinned (scripts/constraints.txt); scripts/test-latest.sh tries the newest releases instead.
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -c scripts/constraints.txt -e '.[dev]'
 echo "setup: ready ($(.venv/bin/python --version), llmtap $(.venv/bin/python -c 'import llmtap; print(llmtap.__version__)'))"

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mitmproxy import ctx, exceptions, http
+from mitmproxy.net import encoding as net_encoding
 from mitmproxy.proxy.mode_specs import ReverseMode
 from mitmproxy.utils import asyncio_utils
 
@@ -495,15 +496,13 @@ class LLMTap:
                 c.api, 502, f"llmtap: no response after {len(out.attempts)} attempts: {reply.error}"
             )
             return
-        call.upstream_body = reply.body
-        body = reply.body
+        body, fields = _identity(reply)
+        call.upstream_body = body
         if _is_event_stream(reply.header_map()) and c.strip_usage and 200 <= reply.status < 300:
             body = client_view_of(body)
-        flow.response = http.Response.make(
-            reply.status,
-            body,
-            [(k.encode("latin-1"), v.encode("latin-1", "replace")) for k, v in reply.headers],
-        )
+        flow.response = http.Response.make(reply.status, b"", fields)
+        flow.response.raw_content = body  # as is: `content` would encode it by content-encoding
+        flow.response.headers["content-length"] = str(len(body))
         if out.fallback_index is not None:
             flow.response.headers["helicone-fallback-index"] = str(out.fallback_index)
         flow.response.headers.update(call.rate_headers)
@@ -551,9 +550,8 @@ class LLMTap:
                 c.extra_notes.append(call.tee.failed)
             if error is None and not call.tee.ended:
                 error = "stream ended early"
-        elif call.upstream_body is not None:
+        elif call.upstream_body is not None:  # its encoding is the response's (see _identity)
             c.response_body = call.upstream_body
-            c.content_encoding = dict(resp.headers).get("content-encoding") if resp is not None else None
         elif resp is not None:
             c.response_body = resp.raw_content or b""
         c.latency_ms = (end - c.started) * 1000
@@ -597,6 +595,21 @@ def _background(make: Callable[[], Coroutine[Any, Any, None]], name: str) -> asy
     except RuntimeError:
         return None
     return asyncio_utils.create_task(make(), name=name, keep_ref=True)
+
+
+def _identity(reply: upstream.Reply) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """The body llmtap's own client received, decoded, and its headers without content-encoding:
+    body and header then always agree (identity is acceptable to every client), and the row reads
+    the usage from plain JSON. A body that cannot be decoded goes out exactly as it came."""
+    fields = [(k.encode("latin-1"), v.encode("latin-1", "replace")) for k, v in reply.headers]
+    encoding = reply.header_map().get("content-encoding", "identity").strip().lower()
+    if encoding == "identity" or not reply.body:
+        return reply.body, fields
+    try:
+        body = net_encoding.decode(reply.body, encoding)
+    except (ValueError, LookupError):
+        return reply.body, fields
+    return body, [(k, v) for k, v in fields if k.lower() != b"content-encoding"]
 
 
 def _is_event_stream(headers: Mapping[str, str]) -> bool:

@@ -13,6 +13,16 @@ or cost. Request headers script each reply (they pass through a proxy unchanged)
 - ``x-fake-fail`` with ``x-fake-key``: a script such as ``500,429,reset`` for successive calls
   with that key (a status, or ``reset`` to drop the connection); later calls succeed.
 - ``x-fake-retry-after``: a ``Retry-After`` header on error replies.
+- ``x-fake-encoding``: ``gzip``, ``br``, ``zstd`` or ``identity`` for JSON replies, used when the
+  request's ``accept-encoding`` allows it.
+- ``x-fake-replay``: answer with one of the bodies given as ``FakeProvider(replies=...)`` (a
+  recorded or documented response: JSON, or SSE sent event by event).
+- ``x-fake-cost``: the charge a host that reports it (OpenRouter) puts in ``usage.cost``.
+- a path under ``/_host/<hostname>/`` answers in that OpenAI-compatible host's dialect (fakehosts).
+
+Like the real APIs, JSON replies (errors included) are gzip-compressed whenever the request's
+``accept-encoding`` allows it (the SDKs send ``gzip, deflate, br...``), and every streamed event
+goes out split across two transport chunks, so a proxy must reassemble events and decode bodies.
 
 Every request is recorded in ``FakeProvider.received`` so tests can check what arrived.
 """
@@ -36,6 +46,10 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, NamedTuple, Self
 from urllib.parse import parse_qs, urlsplit
+
+from mitmproxy.net import encoding as net_encoding
+
+from . import fakehosts
 
 JSON = dict[str, Any]
 # A reply is a JSON object (200), or (content type, bytes) for a plain body, or
@@ -80,6 +94,8 @@ class Call:
     model: str
     text: str
     usage: dict[str, int]
+    dialect: fakehosts.Dialect = fakehosts.OPENAI  # the OpenAI-compatible host it answers as
+    cost: float | None = None  # x-fake-cost: what a host that reports its charge says it charged
 
     @property
     def words(self) -> list[str]:
@@ -128,18 +144,7 @@ def wire_usage(fmt: str, u: dict[str, int]) -> JSON:
     """Map the neutral usage numbers onto one provider's usage object."""
     i, o, c, w, r = (u[k] for k in USAGE_KEYS)
     if fmt == "openai":
-        return {
-            "prompt_tokens": i,
-            "completion_tokens": o,
-            "total_tokens": i + o,
-            "prompt_tokens_details": {"cached_tokens": c, "audio_tokens": 0},
-            "completion_tokens_details": {
-                "reasoning_tokens": r,
-                "audio_tokens": 0,
-                "accepted_prediction_tokens": 0,
-                "rejected_prediction_tokens": 0,
-            },
-        }
+        return fakehosts.usage(fakehosts.OPENAI, u, None)
     if fmt == "embeddings":
         return {"prompt_tokens": i, "total_tokens": i}
     if fmt == "responses":
@@ -188,14 +193,26 @@ def error_body(fmt: str, status: int, message: str) -> JSON:
 
 
 def openai_stream(call: Call, base: JSON, choices: list[list[JSON]]) -> Reply:
-    """Chunks shared by chat and legacy completions: usage only when include_usage is set."""
+    """Chunks shared by chat and legacy completions, with the usage where the host puts it
+    (OpenAI: a last `choices: []` chunk, only when include_usage is set; see fakehosts)."""
+    d = call.dialect
+    usage = fakehosts.usage(d, call.usage, call.cost)
+    nulls: JSON = {"usage": None} if call.include_usage and d.null_usage else {}
 
     def events() -> Iterator[bytes]:
-        extra = {"usage": None} if call.include_usage else {}
-        for chunk_choices in choices:
+        if d.comment:
+            yield d.comment
+        if (first := fakehosts.first_chunk(d)) is not None:
+            yield sse({**first, **nulls})
+        for k, chunk_choices in enumerate(choices):
+            extra = dict(nulls)
+            if k == len(choices) - 1 and d.stream_usage == "finish":
+                extra["usage"] = usage
+            elif k == len(choices) - 1 and d.stream_usage == "x_groq":
+                extra["x_groq"] = {"id": "req_01jadadp0femyae9kav1gpkhe8", "usage": usage}
             yield sse({**base, "choices": chunk_choices, **extra})
-        if call.include_usage:
-            yield sse({**base, "choices": [], "usage": wire_usage("openai", call.usage)})
+        if d.stream_usage == "final" or (call.include_usage and d.stream_usage in ("asked", "x_groq")):
+            yield sse({**base, "choices": [], "usage": usage})
         yield sse("[DONE]")
 
     return SSE_TYPE, events()
@@ -214,7 +231,8 @@ def openai_chat(call: Call) -> Reply:
     if not call.stream:
         message = {"role": "assistant", "content": call.text, "refusal": None, "annotations": []}
         choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}
-        return {**base, "choices": [choice], "usage": wire_usage("openai", call.usage)}
+        usage = fakehosts.usage(call.dialect, call.usage, call.cost)
+        return {**base, "choices": [choice], "usage": usage, **fakehosts.extra_fields(call.dialect)}
     deltas = [{"role": "assistant", "content": "", "refusal": None}]
     deltas += [{"content": word} for word in call.words]
     choices = [[{"index": 0, "delta": d, "logprobs": None, "finish_reason": None}] for d in deltas]
@@ -429,7 +447,7 @@ class Route(NamedTuple):
     model: str | None = None  # model named by the path (Azure deployment, Gemini)
 
 
-OPENAI_PREFIXES = ("/v1", "", "/openai/v1", "/api/v1")
+OPENAI_PREFIXES = ("/v1", "", "/openai/v1", "/api/v1", "/inference/v1")
 OPENAI_ENDPOINTS = {
     "/chat/completions": openai_chat,
     "/completions": openai_completion,
@@ -467,6 +485,16 @@ def route(method: str, path: str) -> Route | None:
 # --- HTTP plumbing ----------------------------------------------------------------------------
 
 
+def negotiate(accept: str, wanted: str | None) -> str:
+    """The content-encoding of a JSON reply: `wanted` (x-fake-encoding) if the client accepts it,
+    else gzip if accepted (what the real APIs send the SDKs), else none."""
+    accepted = {part.split(";")[0].strip().lower() for part in accept.split(",")}
+    for coding in (wanted, "gzip"):
+        if coding and (coding == "identity" or coding in accepted):
+            return coding
+    return "identity"
+
+
 def header_int(value: str | None, default: int = 0) -> int:
     try:
         return int(value) if value else default
@@ -488,6 +516,7 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # headers and body go out separately: no 40 ms Nagle stall
     server: _Server
+    asked: dict[str, str]  # the current request's headers, lowercased
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silence the per-request stderr log; tests and demos have their own output."""
@@ -499,6 +528,7 @@ class Handler(BaseHTTPRequestHandler):
             key = name.lower()
             headers[key] = f"{headers[key]}, {value}" if key in headers else value
         self.server.provider.record(Received(self.command, self.path, headers, raw))
+        self.asked = headers
         try:
             self.respond(raw, headers)
         except ConnectionError:  # client went away, e.g. aborted a stream
@@ -518,7 +548,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def respond(self, raw: bytes, headers: dict[str, str]) -> None:
         url = urlsplit(self.path)
-        found = route(self.command, url.path)
+        dialect, path = fakehosts.split(url.path)
+        found = route(self.command, path)
         if found is None:
             message = f"fake provider has no route for {self.command} {url.path}"
             return self.send_json(404, error_body("openai", 404, message))
@@ -530,7 +561,13 @@ class Handler(BaseHTTPRequestHandler):
             message = f"fake error {status} requested by x-fake-status / x-fake-fail"
             extra = {"retry-after": headers["x-fake-retry-after"]} if "x-fake-retry-after" in headers else {}
             return self.send_json(status, error_body(found.fmt, status, message), extra)
-        reply = found.endpoint(self.make_call(url.path, url.query, headers, raw, found.model))
+        if (name := headers.get("x-fake-replay")) is not None:
+            return self.replay(name)
+        call = self.make_call(path, url.query, headers, raw, found.model)
+        call.dialect = dialect
+        if dialect.refuses_stream_options and "stream_options" in call.body:
+            return self.send_json(422, fakehosts.refusal())
+        reply = found.endpoint(call)
         if isinstance(reply, dict):
             return self.send_json(200, reply)
         content_type, payload = reply
@@ -551,7 +588,10 @@ class Handler(BaseHTTPRequestHandler):
             {k: int(v) for k, v in overrides.items() if k in USAGE_KEYS and isinstance(v, int | float)}
         )
         model = headers.get("x-fake-model") or body.get("model") or path_model or "fake-model"
-        return Call(self.command, path, parse_qs(query), headers, raw, body, str(model), text, usage)
+        call = Call(self.command, path, parse_qs(query), headers, raw, body, str(model), text, usage)
+        if "x-fake-cost" in headers:
+            call.cost = float(headers["x-fake-cost"])
+        return call
 
     def reset(self) -> None:
         """Drop the connection with a TCP reset and no response (x-fake-fail: reset)."""
@@ -559,8 +599,22 @@ class Handler(BaseHTTPRequestHandler):
         self.connection.close()
         self.close_connection = True
 
+    def replay(self, name: str) -> None:
+        content_type, body = self.server.provider.replies[name]
+        if content_type != SSE_TYPE:
+            return self.send_json_bytes(200, body)
+        events = re.findall(rb".*?(?:\r\n\r\n|\n\n)|.+$", body, re.S)
+        self.send_stream(content_type, iter(events), 0.0)
+
     def send_json(self, status: int, doc: JSON, extra: dict[str, str] | None = None) -> None:
-        self.send_body(status, "application/json", dumps(doc).encode(), extra)
+        self.send_json_bytes(status, dumps(doc).encode(), extra)
+
+    def send_json_bytes(self, status: int, data: bytes, extra: dict[str, str] | None = None) -> None:
+        coding = negotiate(self.asked.get("accept-encoding", ""), self.asked.get("x-fake-encoding"))
+        if coding != "identity":
+            data = net_encoding.encode(data, coding)
+            extra = {**(extra or {}), "content-encoding": coding, "vary": "Accept-Encoding"}
+        self.send_body(status, "application/json", data, extra)
 
     def send_body(
         self, status: int, content_type: str, data: bytes, extra: dict[str, str] | None = None
@@ -584,8 +638,10 @@ class Handler(BaseHTTPRequestHandler):
         for chunk in chunks:
             if delay > 0:
                 time.sleep(delay)
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-            self.wfile.flush()
+            half = len(chunk) // 2  # mid-event: inside the JSON of `data:` lines
+            for piece in (chunk[:half], chunk[half:]) if half else (chunk,):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                self.wfile.flush()
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
 
@@ -606,9 +662,12 @@ class _Server(ThreadingHTTPServer):
 class FakeProvider:
     """The fake provider server; ``with FakeProvider() as fp:`` serves on a free port."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, replies: dict[str, tuple[str, bytes]] | None = None
+    ) -> None:
         self.host = host
         self.port = port  # the real port once started, if 0 was asked for
+        self.replies = replies or {}  # x-fake-replay name -> (content type, body)
         self.received: list[Received] = []
         self._attempts: dict[str, int] = {}
         self._lock = threading.Lock()

@@ -24,25 +24,27 @@ class Provider:
     api: str
     price_id: str | None
     inferred: bool = False  # recognised by path only (reverse mode, unlisted host)
-    stream_usage: bool = True  # accepts `stream_options.include_usage` (llmtap may add it)
+    stream_usage: bool = True  # llmtap adds `stream_options.include_usage` when a stream lacks it
 
 
 _OPENAI = Provider("openai", "openai", "openai")
 _ANTHROPIC = Provider("anthropic", "anthropic", "anthropic")
 _GEMINI = Provider("google", "gemini", "google")
 
+# `stream_usage=False`: the host reports a stream's usage without being asked (fakehosts.py cites
+# each host's reference), so llmtap leaves the request as the client made it; Mistral would even
+# refuse `stream_options` with a 422. OpenAI, Azure and x.ai send it only on `include_usage`.
 KNOWN_HOSTS: dict[str, Provider] = {
     "api.openai.com": _OPENAI,
     "api.anthropic.com": _ANTHROPIC,
     "generativelanguage.googleapis.com": _GEMINI,
-    "api.groq.com": Provider("groq", "openai", "groq"),
-    "api.together.xyz": Provider("together", "openai", "together"),
-    # Mistral rejects unknown fields and reports stream usage without being asked.
+    "api.groq.com": Provider("groq", "openai", "groq", stream_usage=False),  # in x_groq.usage
+    "api.together.xyz": Provider("together", "openai", "together", stream_usage=False),
     "api.mistral.ai": Provider("mistral", "openai", "mistral", stream_usage=False),
-    "api.deepseek.com": Provider("deepseek", "openai", "deepseek"),
-    "openrouter.ai": Provider("openrouter", "openai", "openrouter"),
+    "api.deepseek.com": Provider("deepseek", "openai", "deepseek", stream_usage=False),
+    "openrouter.ai": Provider("openrouter", "openai", "openrouter", stream_usage=False),
     "api.x.ai": Provider("x-ai", "openai", "x-ai"),
-    "api.fireworks.ai": Provider("fireworks", "openai", "fireworks"),
+    "api.fireworks.ai": Provider("fireworks", "openai", "fireworks", stream_usage=False),
 }
 KNOWN_SUFFIXES: tuple[tuple[str, Provider], ...] = (
     (".openai.azure.com", Provider("azure", "openai", "azure")),

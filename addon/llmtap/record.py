@@ -155,8 +155,8 @@ def to_row(c: Capture) -> tuple[Any, ...]:
     response = decoded_response(c)
     request = _loads(c.request_body)
     requested_model = request.get("model") if isinstance(request, dict) else None
-    if not isinstance(requested_model, str):
-        requested_model = None
+    if not isinstance(requested_model, str):  # Gemini and Azure name it in the URL
+        requested_model = path_model(c.api, c.path)
     common = dict(
         **identity(c),
         requested_model=requested_model,
@@ -203,8 +203,8 @@ def identity(c: Capture) -> dict[str, Any]:
 def _accounted(c: Capture, response: bytes, requested_model: str | None, at: datetime) -> dict[str, Any]:
     """Tokens and cost of a call that reached the provider."""
     ok = c.status is not None and 200 <= c.status < 300
-    tokens = usage.account(c.api, c.endpoint, c.streamed, ok, c.request_body, response)
-    model = tokens.model or requested_model or path_model(c.api, c.path)
+    tokens = usage.account(c.api, c.endpoint, c.streamed, ok, c.request_body, response, c.price_id)
+    model = tokens.model or requested_model
     cost = pricing.price(tokens, model, c.price_id, c.provider, at)
     notes = [n for n in (cost.note, *c.extra_notes) if n]
     if c.inferred and cost.usd is not None and tokens.provider_cost is None:
@@ -212,15 +212,16 @@ def _accounted(c: Capture, response: bytes, requested_model: str | None, at: dat
     if c.truncated:
         notes.append("response body larger than llmtap_max_body: stored head and tail only")
     u = tokens.usage
-    # An estimate knows only input and output; the cache and reasoning parts stay unknown.
-    known = tokens.source != "estimated"
+    # An estimate knows only input and output, so the cache and reasoning parts stay unknown; a
+    # stream cut after reporting its input knows the cache parts, but not the reasoning.
+    cached = tokens.source in ("response", "partial")
     return dict(
         model=model,
         input_tokens=_int(u, "input_tokens"),
         output_tokens=_int(u, "output_tokens"),
-        cache_read_tokens=_int(u, "cache_read_tokens") if known else None,
-        cache_write_tokens=_int(u, "cache_write_tokens") if known else None,
-        reasoning_tokens=_int(u, "output_reasoning_tokens") if known else None,
+        cache_read_tokens=_int(u, "cache_read_tokens") if cached else None,
+        cache_write_tokens=_int(u, "cache_write_tokens") if cached else None,
+        reasoning_tokens=_int(u, "output_reasoning_tokens") if tokens.source == "response" else None,
         usage_source=tokens.source,
         cost_usd=cost.usd,
         cost_note="; ".join(notes) or None,

@@ -1,42 +1,58 @@
 """Tokens from a finished call: the provider's own usage first, an estimate second.
 
 For each wire format this module finds the *usage document*: the JSON object that carries the
-final usage (a non-streamed body; the last OpenAI chunk with `usage`; the Responses API
-`response.completed` payload; Anthropic's `message_start` message with `message_delta` usage
-merged in; Gemini's last chunk with `usageMetadata`). genai-prices then reads it, so the mapping
-to input / output / cache-read / cache-write / reasoning tokens is the maintained one, with the
-genai-prices conventions: input includes cached and cache-write tokens, output includes reasoning.
+final usage (a non-streamed body; the last OpenAI chunk with `usage`, or Groq's `x_groq.usage`; the
+Responses API `response.completed` payload; Anthropic's `message_start` message with
+`message_delta` usage merged in; Gemini's last chunk with `usageMetadata`). genai-prices then reads
+it with the extractor of the host's own provider (Groq's, DeepSeek's, OpenRouter's...), falling back
+to the wire format's (OpenAI's chat shape), so the mapping to input / output / cache-read /
+cache-write / reasoning tokens is the maintained one, with the genai-prices conventions: input
+includes cached and cache-write tokens, output includes reasoning. Only the usage is read here:
+whether genai-prices knows the *model* is pricing's business (pricing.py), so a new or private
+model keeps its exact tokens. `hosts.py` adds what a host reports beyond genai-prices' mapping.
 
 When no final usage exists (client abort, a server that ignored `include_usage`), tokens are
 estimated from the request text and the generated text seen (tokens.py) and marked 'estimated'.
+A stream cut short after reporting part of its usage (Anthropic's `message_start`, a Gemini chunk)
+keeps those exact counts and estimates only the output: 'partial'.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import cache
 from typing import Any
 
-from genai_prices import Usage, extract_usage
+from genai_prices import Usage, data_snapshot
+from genai_prices.types import Provider as PriceProvider
 
-from . import sse, tokens
+from . import hosts, sse, tokens
 
-# Which genai-prices extractor reads each wire format (the wire format decides, not the host).
+# Which genai-prices extractor reads each wire format when the host's own provider has none.
 _EXTRACTOR = {"openai": "openai", "anthropic": "anthropic", "gemini": "google"}
-_FLAVOR = {"chat": "chat", "completions": "chat", "responses": "responses", "embeddings": "embeddings"}
+_FLAVORS = {  # the genai-prices api_flavor names an OpenAI-style call's usage may be under
+    "chat": ("chat", "default"),
+    "completions": ("chat", "default"),
+    "responses": ("responses",),
+    "embeddings": ("embeddings",),
+}
 _GENERATES = frozenset({"chat", "completions", "responses", "messages", "generate", "stream_generate"})
 _TEXT_KEYS = frozenset({"content", "text", "prompt", "input", "system", "instructions"})
+_DEFAULT_TIERS = frozenset({"default", "auto", "standard", "on_demand"})
 
 
 @dataclass(slots=True)
 class Tokens:
     usage: Usage | None = None
-    source: str | None = None  # 'response' | 'estimated'
+    source: str | None = None  # 'response' | 'partial' | 'estimated'
     model: str | None = None
     provider_cost: Decimal | None = None
     note: str | None = None
+    service_tier: str | None = None  # a tier other than the default that the response reports
 
 
 @dataclass(slots=True)
@@ -47,52 +63,106 @@ class _Seen:
     complete: bool = False
 
 
-def account(api: str, kind: str | None, streamed: bool, ok: bool, request: bytes, response: bytes) -> Tokens:
+def account(
+    api: str,
+    kind: str | None,
+    streamed: bool,
+    ok: bool,
+    request: bytes,
+    response: bytes,
+    vendor: str | None = None,
+) -> Tokens:
     """Usage for one call from its request body and (decoded) response body.
 
-    `ok` is a 2xx status. Error responses carry no usage and get no estimate; a stream that
-    started and ended without its final usage (abort, cut connection) does get one.
+    `ok` is a 2xx status; `vendor` the genai-prices provider id of the host (None: only the wire
+    format is known). Error responses carry no usage and get no estimate; a stream that started and
+    ended without its final usage (abort, cut connection) does get one.
     """
     seen = _scan(api, kind, streamed, response)
     out = Tokens(model=seen.model)
-    if seen.doc is not None and seen.complete:
+    if seen.doc is not None:
+        out.service_tier = _tier(seen.doc)
         try:
-            extracted = extract_usage(seen.doc, provider_id=_EXTRACTOR[api], api_flavor=_flavor(api, kind))
-        except Exception as e:
+            out.usage = hosts.adjust(vendor, seen.doc, _extract(seen.doc, api, kind, vendor))
+        except ValueError as e:
             out.note = f"no usage in response ({e})"
         else:
-            out.usage, out.source = extracted.usage, "response"
-            out.provider_cost = _provider_cost(seen.doc)
-            return out
+            if seen.complete:
+                out.source = "response"
+                out.provider_cost = hosts.reported_cost(seen.doc)
+                return out
     if kind in _GENERATES and (ok or (streamed and seen.text)):
         return _estimate(out, request, seen)
+    out.usage = None
     return out
 
 
-def _flavor(api: str, kind: str | None) -> str:
-    return _FLAVOR.get(kind or "", "chat") if api == "openai" else "default"
+def _extract(doc: dict[str, Any], api: str, kind: str | None, vendor: str | None) -> Usage:
+    """The usage genai-prices reads from `doc` with the first extractor that fits."""
+    failure: ValueError | None = None
+    for provider, flavor in _extractors(api, kind, vendor):
+        try:
+            return provider.extract_usage(doc, api_flavor=flavor)[1]
+        except ValueError as e:  # a required field is missing: another extractor may fit
+            failure = failure or e
+    raise failure or ValueError(f"no usage extractor for {api} {kind}")
+
+
+@cache
+def _extractors(api: str, kind: str | None, vendor: str | None) -> tuple[tuple[PriceProvider, str], ...]:
+    """The host's own provider's extractors for this kind of call, then the wire format's."""
+    wire = _EXTRACTOR[api]
+    if api == "openai":
+        own = theirs = _FLAVORS.get(kind or "", ("chat", "default"))
+    else:  # e.g. Claude's shape read by a cloud's own provider: its flavor is named after the API
+        own, theirs = ("default",) if vendor == wire else (api, "default"), ("default",)
+    providers = _price_providers()
+    found: list[tuple[PriceProvider, str]] = []
+    for pid, flavor in [*((vendor, f) for f in own), *((wire, f) for f in theirs)]:
+        provider = providers.get(pid or "")
+        if provider is None or not any(e.api_flavor == flavor for e in provider.extractors or ()):
+            continue
+        if not any(p is provider and f == flavor for p, f in found):
+            found.append((provider, flavor))
+    return tuple(found)
+
+
+@cache
+def _price_providers() -> dict[str, PriceProvider]:
+    """genai-prices' bundled providers by id (the snapshot never updates itself here)."""
+    return {p.id: p for p in data_snapshot.get_snapshot().providers}
+
+
+def _tier(doc: dict[str, Any]) -> str | None:
+    """The service tier the response reports (OpenAI's top-level `service_tier`, Anthropic's in
+    `usage`), when it is not the default one."""
+    usage = doc.get("usage")
+    tier = doc.get("service_tier") or (usage.get("service_tier") if isinstance(usage, dict) else None)
+    return tier if isinstance(tier, str) and tier.lower() not in _DEFAULT_TIERS else None
 
 
 def _doc_model(doc: dict[str, Any]) -> str | None:
     model = doc.get("model") or doc.get("modelVersion")
-    return model if isinstance(model, str) else None
-
-
-def _provider_cost(doc: dict[str, Any]) -> Decimal | None:
-    """OpenRouter (and compatible gateways) report the charged cost in `usage.cost`."""
-    usage = doc.get("usage")
-    cost = usage.get("cost") if isinstance(usage, dict) else None
-    if isinstance(cost, int | float) and not isinstance(cost, bool):
-        return Decimal(str(cost))
-    return None
+    if not isinstance(model, str):
+        return None
+    return model.removeprefix("models/")  # Gemini may name it as its resource: models/gemini-2.5-pro
 
 
 def _estimate(out: Tokens, request: bytes, seen: _Seen) -> Tokens:
-    prompt = "\n".join(_strings(_loads(request)))
+    """Estimate what the response did not report: everything, or (`out.usage` already holds the
+    counts a cut stream reported) only the output."""
     text = seen.text if seen.text is not None else list(_strings(seen.doc))
-    completion = "".join(text)
-    n_in, method = tokens.count(prompt)
-    n_out, _ = tokens.count(completion)
+    n_out, method = tokens.count("".join(text))
+    if out.usage is not None:
+        partial = copy.copy(out.usage)
+        partial.output_tokens = max(n_out, int(out.usage.output_tokens or 0))
+        out.usage, out.source = partial, "partial"
+        out.note = (
+            f"input and cache tokens as reported; output tokens estimated ({method}): the stream"
+            " ended before its final usage"
+        )
+        return out
+    n_in, _ = tokens.count("\n".join(_strings(_loads(request))))
     out.usage = Usage(input_tokens=n_in, output_tokens=n_out)
     out.source = "estimated"
     out.note = f"tokens estimated ({method}): the response reported no final usage"
@@ -158,6 +228,8 @@ def _scan_chunks(api: str, kind: str | None, chunks: list[dict[str, Any]], compl
                 seen.complete = complete_ok and _finished(chunk)
         elif isinstance(chunk.get("usage"), dict):
             seen.doc, seen.complete = chunk, True
+        elif isinstance(groq := chunk.get("x_groq"), dict) and isinstance(groq.get("usage"), dict):
+            seen.doc, seen.complete = {**chunk, "usage": groq["usage"]}, True  # Groq's stream usage
     return seen
 
 

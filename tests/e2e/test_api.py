@@ -7,9 +7,12 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
+import genai_prices
 import pytest
+from genai_prices import Usage
 from openai import OpenAI
 
 from tests.e2e.conftest import Proxy
@@ -109,7 +112,14 @@ def test_python_helper_logs_sdk_objects(gateway: Proxy, fake: FakeProvider) -> N
     rid = llmtap.log(request, response, api=gateway.api, user="dave", properties={"Step": "1"}, start=started)
     [row] = gateway.rows()
     assert row["request_id"] == rid and row["source"] == "async" and row["user_id"] == "dave"
-    assert row["input_tokens"] == response.usage.prompt_tokens and row["cost_usd"] > 0
+    assert (row["input_tokens"], row["output_tokens"]) == (
+        response.usage.prompt_tokens, response.usage.completion_tokens,
+    )  # fmt: skip
+    calc = genai_prices.calc_price(
+        Usage(input_tokens=response.usage.prompt_tokens, output_tokens=response.usage.completion_tokens),
+        "gpt-4o-mini", provider_id="openai", genai_request_timestamp=row["created_at"],
+    )  # fmt: skip
+    assert row["cost_usd"] == calc.total_price.quantize(Decimal("0.000000001"))
 
 
 def test_off_loopback_needs_a_key(fake: FakeProvider, start_proxy: Callable[..., Proxy]) -> None:

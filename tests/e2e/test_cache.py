@@ -17,9 +17,11 @@ from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 
+import genai_prices
 import openai
 import pytest
 from anthropic import Anthropic
+from genai_prices import Usage
 from openai import OpenAI
 
 from tests.e2e.conftest import Proxy, free_port
@@ -27,6 +29,7 @@ from tests.fakeprovider import FakeProvider
 
 MSGS = [{"role": "user", "content": "Say hello"}]
 CACHE = {"Helicone-Cache-Enabled": "true"}
+REPLY = "Hello from the fake provider!"
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -63,7 +66,11 @@ def test_second_call_is_a_hit_and_never_reaches_the_provider(gateway: Proxy, fak
     assert (miss["cache_status"], hit["cache_status"]) == ("MISS", "HIT")
     assert hit["request_id"] == second.headers["helicone-id"] != miss["request_id"]
     assert hit["cache_reference_id"] == miss["request_id"]
-    assert hit["cost_usd"] == Decimal(0) and hit["cost_saved_usd"] == miss["cost_usd"] > 0
+    usage = Usage(input_tokens=1000, cache_read_tokens=200, output_tokens=50)
+    at = miss["created_at"]
+    calc = genai_prices.calc_price(usage, "gpt-4o-mini", provider_id="openai", genai_request_timestamp=at)
+    assert miss["cost_usd"] == calc.total_price.quantize(Decimal("0.000000001"))
+    assert hit["cost_usd"] == Decimal(0) and hit["cost_saved_usd"] == miss["cost_usd"]
     assert hit["latency_saved_ms"] == miss["latency_ms"] > 0 and miss["latency_saved_ms"] is None
     for col in ("input_tokens", "output_tokens", "cache_read_tokens", "model", "usage_source"):
         assert hit[col] == miss[col]
@@ -106,7 +113,7 @@ def test_streams_are_replayed_event_for_event(gateway: Proxy, fake: FakeProvider
     rows = gateway.rows()
     assert [r["cache_status"] for r in rows] == ["MISS", "HIT", "HIT"]
     assert all(r["streamed"] for r in rows)
-    assert rows[1]["output_tokens"] == rows[0]["output_tokens"] > 0
+    assert rows[1]["output_tokens"] == rows[0]["output_tokens"] == len(REPLY.split()) + 1
 
 
 def test_anthropic_stream_from_a_hit_works_in_the_sdk(gateway: Proxy, fake: FakeProvider) -> None:
@@ -308,4 +315,11 @@ def test_back_to_back_identical_calls_json_and_sse_openai_and_anthropic(
         )  # fmt: skip
         assert hit["input_tokens"] == 1500 and hit["output_tokens"] == 40
         assert hit["cost_usd"] == Decimal(0) and hit["cost_saved_usd"] == miss["cost_usd"]
-        assert miss["cost_usd"] is not None and miss["cost_usd"] > Decimal("0.0001")
+        model, provider = (
+            ("claude-haiku-4-5", "anthropic") if miss["api"] == "anthropic" else ("gpt-4o-mini", "openai")
+        )
+        calc = genai_prices.calc_price(
+            Usage(input_tokens=1500, cache_read_tokens=1024, output_tokens=40), model, provider_id=provider,
+            genai_request_timestamp=miss["created_at"],
+        )  # fmt: skip
+        assert miss["cost_usd"] == calc.total_price.quantize(Decimal("0.000000001"))

@@ -168,7 +168,30 @@ def test_retries_until_success(gateway: Proxy, fake: FakeProvider, failures: str
     expected = [None if f == "reset" else int(f) for f in failures.split(",")] + [200]
     assert [a["status"] for a in attempts] == expected
     assert all(a["latency_ms"] >= 0 for a in attempts)
-    assert row["input_tokens"] > 0 and row["cost_usd"] > 0
+    reported = raw.parse().usage
+    assert (row["input_tokens"], row["output_tokens"]) == (reported.prompt_tokens, reported.completion_tokens)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br", "identity"])
+def test_a_retried_call_reaches_the_sdk_in_one_consistent_encoding(
+    gateway: Proxy, fake: FakeProvider, encoding: str
+) -> None:
+    """The real APIs compress JSON for the SDKs: llmtap's own client must hand body and
+    content-encoding over in agreement (the SDK failed on byte 0x8b), and read the usage."""
+    usage = {"input": 1200, "cached": 1024, "output": 40, "reasoning": 8}
+    headers = {"Helicone-Retry-Enabled": "true", "Helicone-Retry-Min-Timeout": "10", "x-fake-fail": "503",
+               "x-fake-key": key(), "x-fake-encoding": encoding,
+               "x-fake-usage": json.dumps(usage)}  # fmt: skip
+    raw = chat(gateway, headers)
+    assert raw.parse().choices[0].message.content == REPLY
+    assert raw.parse().usage.prompt_tokens == 1200
+    assert fake.received[-1].headers["accept-encoding"].startswith("gzip, deflate")  # as the SDK sent it
+    [row] = gateway.rows()
+    assert (row["retries"], row["input_tokens"], row["cache_read_tokens"], row["output_tokens"]) == (
+        1, 1200, 1024, 40,
+    )  # fmt: skip
+    assert row["reasoning_tokens"] == 8 and row["usage_source"] == "response"
+    assert json.loads(row["response_body"])["usage"]["prompt_tokens"] == 1200, "stored decoded"
 
 
 def test_no_retry_on_other_4xx_and_the_last_response_is_returned(gateway: Proxy, fake: FakeProvider) -> None:
@@ -241,7 +264,8 @@ def test_a_stream_is_retried_only_before_anything_reached_the_client(
     gateway.wait_rows("SELECT 1 FROM requests", 2)  # the cut call's row: its error hook has run
     assert len(fake.received) == 3
     rows = gateway.rows()
-    assert rows[0]["retries"] == 1 and rows[0]["streamed"] and rows[0]["output_tokens"] > 0
+    assert rows[0]["retries"] == 1 and rows[0]["streamed"] and rows[0]["usage_source"] == "response"
+    assert rows[0]["output_tokens"] == len(REPLY.split()) + 1
     assert rows[1]["retries"] is None and "disconnect" in rows[1]["error"].lower()
 
 
@@ -295,6 +319,7 @@ def test_fallbacks_on_listed_codes(gateway: Proxy, fake: FakeProvider) -> None:
         assert third.received[0].headers["authorization"] == "Bearer sk-third"
     [row] = gateway.rows()
     assert row["fallback_index"] == 1 and row["model"] == "gpt-4o"
+    assert row["input_tokens"] == raw.parse().usage.prompt_tokens and row["usage_source"] == "response"
     assert [a["target"] for a in json.loads(row["attempts"])] == ["primary", "fallback 0", "fallback 1"]
 
 

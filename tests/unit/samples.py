@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
+
+import genai_prices
+from genai_prices import Usage
 
 from llmtap.headers import CallMeta
 from llmtap.record import Capture
@@ -73,6 +77,16 @@ def openai_chat_json(**usage_overrides: Any) -> dict[str, Any]:
         "service_tier": "default",
         "system_fingerprint": "fp_fc9f1d7035",
     }
+
+
+def openai_cost(at: datetime | None = None) -> Decimal:
+    """What genai-prices charges for openai_chat_json()'s usage, at `at` (default: STARTED)."""
+    usage = Usage(input_tokens=1200, cache_read_tokens=1024, output_tokens=300, output_reasoning_tokens=128)
+    when = at or datetime.fromtimestamp(STARTED, UTC)
+    calc = genai_prices.calc_price(
+        usage, "gpt-4o-2024-08-06", provider_id="openai", genai_request_timestamp=when
+    )
+    return calc.total_price.quantize(Decimal("0.000000001"))
 
 
 def openai_chunks(usage: str) -> list[dict[str, Any]]:

@@ -41,7 +41,6 @@ def test_known_model_is_priced_by_genai_prices(usage: dict[str, int], model: str
         Usage(**usage), model, provider_id=price_id, genai_request_timestamp=AT
     ).total_price
     cost = price(reported(**usage), model, price_id, price_id, AT)
-    assert expected > 0
     assert cost == Cost(expected.quantize(NINE), None)
     assert cost.usd is not None and cost.usd.as_tuple().exponent == -9
 
@@ -124,3 +123,39 @@ def test_pricing_failure_is_a_note_not_an_exception(monkeypatch: pytest.MonkeyPa
 
 def test_version_is_the_installed_genai_prices() -> None:
     assert VERSION == genai_prices.__version__
+
+
+TIERED_AT = datetime(2026, 11, 1, tzinfo=UTC)  # genai-prices' tier prices start on 2026-10-12
+
+
+@pytest.mark.parametrize(
+    "model, tier",
+    [("gpt-4o-mini", "priority"), ("gpt-5-mini", "flex")],
+)
+def test_a_service_tier_is_priced_at_its_own_price(model: str, tier: str) -> None:
+    usage = Usage(input_tokens=10_000, cache_read_tokens=2_000, output_tokens=1_000)
+    tokens = Tokens(usage=usage, source="response", service_tier=tier)
+    standard = genai_prices.calc_price(usage, model, provider_id="openai", genai_request_timestamp=TIERED_AT)
+    tiered = genai_prices.calc_price(
+        usage,
+        model,
+        provider_id="openai",
+        genai_request_timestamp=TIERED_AT,
+        price_context={"service_tier": tier},
+    )
+    assert tiered.total_price != standard.total_price, "the fixture must tell the two apart"
+    assert price(tokens, model, "openai", "openai", TIERED_AT) == Cost(
+        tiered.total_price.quantize(NINE), None
+    )
+
+
+def test_a_tier_genai_prices_has_no_price_for_is_priced_at_the_default_and_says_so() -> None:
+    usage = Usage(input_tokens=10_000, output_tokens=1_000)
+    tokens = Tokens(usage=usage, source="response", service_tier="flex")
+    standard = genai_prices.calc_price(
+        usage, "gpt-4o-mini", provider_id="openai", genai_request_timestamp=TIERED_AT
+    )
+    assert price(tokens, "gpt-4o-mini", "openai", "openai", TIERED_AT) == Cost(
+        standard.total_price.quantize(NINE),
+        f"priced at the default tier: genai-prices {VERSION} has no 'flex' price for gpt-4o-mini",
+    )

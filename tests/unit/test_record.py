@@ -8,6 +8,7 @@ from typing import Any
 
 import genai_prices
 import pytest
+from genai_prices import Usage
 
 from llmtap.cachestore import Entry
 from llmtap.headers import CallMeta
@@ -185,9 +186,14 @@ def test_gemini_model_comes_from_the_path() -> None:
         path="/v1beta/models/gemini-1.5-flash:generateContent?key=[REDACTED]",
         request_body=b'{"contents":[{"parts":[{"text":"Hi"}]}]}', response_body=samples.dumps(body),
     ))  # fmt: skip
-    assert (r["model"], r["requested_model"]) == ("gemini-1.5-flash", None)
+    assert (r["model"], r["requested_model"]) == ("gemini-1.5-flash", "gemini-1.5-flash")
     assert (r["input_tokens"], r["output_tokens"]) == (8, 12)
-    assert r["cost_usd"] is not None and r["cost_usd"] > 0
+    at = datetime.fromtimestamp(samples.STARTED, UTC)
+    expected = genai_prices.calc_price(
+        Usage(input_tokens=8, output_tokens=12), "gemini-1.5-flash", provider_id="google",
+        genai_request_timestamp=at,
+    ).total_price  # fmt: skip
+    assert r["cost_usd"] == expected.quantize(NINE)
 
 
 def test_streamed_row() -> None:
@@ -239,4 +245,4 @@ def test_cache_hit_tokens_come_from_the_entry_not_the_body() -> None:
 def test_a_miss_is_an_ordinary_row() -> None:
     r = row(capture(cache_status="MISS"))
     assert (r["cache_status"], r["cache_reference_id"], r["cost_saved_usd"]) == ("MISS", None, None)
-    assert r["cost_usd"] is not None and r["cost_usd"] > 0
+    assert r["cost_usd"] == samples.openai_cost()

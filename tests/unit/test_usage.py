@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import math
 from decimal import Decimal
+from typing import Any
 
 import pytest
 import tiktoken
@@ -83,11 +84,12 @@ def test_usage_reported_by_the_provider(
     assert counts(t) == expected
 
 
-def test_gemini_stream_usage_comes_from_the_finished_chunk() -> None:
+def test_a_gemini_stream_cut_before_its_finished_chunk_keeps_the_reported_prompt_tokens() -> None:
     first_only = samples.sse(samples.gemini_chunks()[0], eol=b"\r\n")
     t = account("gemini", "stream_generate", True, True, b"{}", first_only)
-    assert t.source == "estimated", "a usageMetadata without finishReason is a running count"
-    assert t.usage is not None and t.usage.output_tokens == math.ceil(len("Hello") / 4)
+    assert t.source == "partial", "a usageMetadata without finishReason is a running count"
+    assert t.usage is not None and t.usage.input_tokens == 8
+    assert t.usage.output_tokens == max(1, math.ceil(len("Hello") / 4))
 
 
 @pytest.mark.parametrize(
@@ -140,10 +142,15 @@ def test_stream_without_usage_chunk_is_estimated() -> None:
     assert counts(t)[:2] == (5, math.ceil(len("Hello there!") / 4))
 
 
-def test_aborted_anthropic_stream_is_estimated() -> None:
+def test_an_anthropic_stream_cut_after_message_start_keeps_its_exact_input_and_cache_tokens() -> None:
     t = account("anthropic", "messages", True, True, CHAT, samples.anthropic_stream(complete=False))
-    assert (t.source, t.model) == ("estimated", samples.ANTHROPIC_MODEL)
-    assert t.usage is not None and t.usage.output_tokens == math.ceil(len("Hello!") / 4)
+    assert (t.source, t.model) == ("partial", samples.ANTHROPIC_MODEL)
+    # message_start: 25 uncached + 10 cache-write + 100 cache-read; output estimated from "Hello!"
+    assert counts(t) == (135, math.ceil(len("Hello!") / 4), 100, 10, 0)
+    assert t.note == (
+        "input and cache tokens as reported; output tokens estimated (chars/4 heuristic): the stream"
+        " ended before its final usage"
+    )
 
 
 def test_estimate_reads_text_parts_of_the_request() -> None:
@@ -208,3 +215,56 @@ def test_gemini_final_chunk_with_a_line_separator_in_text() -> None:
     chunks[-1]["candidates"][0]["content"]["parts"][0]["text"] = "line\u2028break"
     body = b"".join(b"data: " + json.dumps(c, ensure_ascii=False).encode() + b"\r\n\r\n" for c in chunks)
     assert account("gemini", "stream_generate", True, True, b"{}", body).source == "response"
+
+
+@pytest.mark.parametrize(
+    "doc, tier",
+    [
+        ({**samples.openai_chat_json(), "service_tier": "flex"}, "flex"),
+        ({**samples.openai_chat_json(), "service_tier": "default"}, None),
+        ({**samples.responses_json(), "service_tier": "priority"}, "priority"),
+        (
+            {
+                **samples.ANTHROPIC_JSON,
+                "usage": {**samples.ANTHROPIC_JSON["usage"], "service_tier": "standard"},
+            },
+            None,
+        ),
+    ],
+)
+def test_the_service_tier_the_response_reports(doc: dict[str, Any], tier: str | None) -> None:
+    api, kind = ("anthropic", "messages") if doc.get("type") == "message" else (
+        "openai", "responses" if doc.get("object") == "response" else "chat"
+    )  # fmt: skip
+    assert account(api, kind, False, True, CHAT, samples.dumps(doc)).service_tier == tier
+
+
+def test_a_model_genai_prices_does_not_list_keeps_its_exact_tokens() -> None:
+    """Tokens come from the response; only pricing needs the model (a new or private one)."""
+    doc = {**samples.openai_chat_json(), "model": "my-private-finetune-7b"}
+    t = account("openai", "chat", False, True, CHAT, samples.dumps(doc), vendor="groq")
+    assert (t.source, t.model) == ("response", "my-private-finetune-7b")
+    assert counts(t) == (1200, 300, 1024, 0, 128)
+
+
+def test_a_gemini_model_named_as_its_resource_is_the_bare_model() -> None:
+    doc = {**samples.gemini_json(), "modelVersion": "models/gemini-2.5-pro"}
+    assert account("gemini", "generate", False, True, b"{}", samples.dumps(doc)).model == "gemini-2.5-pro"
+
+
+def test_the_minimal_compatible_usage_is_read() -> None:
+    doc = {"id": "x", "object": "chat.completion", "model": "llama3", "choices": [],
+           "usage": {"prompt_tokens": 10, "completion_tokens": 5}}  # fmt: skip
+    for vendor in (
+        None,
+        "groq",
+        "mistral",
+        "deepseek",
+        "together",
+        "fireworks",
+        "x-ai",
+        "openrouter",
+        "azure",
+    ):
+        t = account("openai", "chat", False, True, CHAT, samples.dumps(doc), vendor=vendor)
+        assert (t.source, counts(t)[:2]) == ("response", (10, 5)), vendor
