@@ -358,6 +358,47 @@ add(
     )
 )
 
+# doc: completions (legacy) streaming: text_completion chunks, and the stream_options.include_usage
+# chunk with empty choices (the same rule as chat). The client did not ask: llmtap adds it.
+_CMPL = {
+    "id": "cmpl-7iA7iJjj8V2zOkCGvWF2hAkDWBQZe",
+    "object": "text_completion",
+    "created": 1690759702,
+    "model": "gpt-3.5-turbo-instruct",
+    "system_fingerprint": "fp_44709d6fcb",
+}
+add(
+    Documented(
+        "openai-completions-stream",
+        "api.openai.com",
+        "/v1/completions",
+        {"model": "gpt-3.5-turbo-instruct", "prompt": "Say this is a test", "stream": True},
+        sse(
+            {
+                **_CMPL,
+                "choices": [{"text": "This", "index": 0, "logprobs": None, "finish_reason": None}],
+                "usage": None,
+            },
+            {
+                **_CMPL,
+                "choices": [{"text": " is a test", "index": 0, "logprobs": None, "finish_reason": "length"}],
+                "usage": None,
+            },
+            {
+                **_CMPL,
+                "choices": [],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9},
+            },
+            "[DONE]",
+        ),
+        tokens(5, 4),
+        "gpt-3.5-turbo-instruct",
+        "openai",
+        SSE,
+    )
+)
+
+
 # doc: embeddings/create example.
 add(
     Documented(
