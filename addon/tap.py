@@ -8,6 +8,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from llmtap.addon import LLMTap  # noqa: E402
+from llmtap.proxy.addon import LLMTap  # noqa: E402
 
 addons = [LLMTap()]

@@ -19,7 +19,7 @@ upstream of scripts/bench_overhead.py in its own process):
   the writer's work does not spill into the next measurement), and hits on a bucket of 5
   (`Helicone-Cache-Bucket-Max-Size: 5`, the 5 slots filled first);
 - CacheStore at 100k entries, in this process on a temp file: 100,000 `put`s of ~1 KB bodies with
-  keys from `llmtap.cache.lookup_for` (one `put` at a time, each its own transaction, as the
+  keys from `llmtap.policy.cache_keys.lookup_for` (one `put` at a time, each its own transaction, as the
   writer does: fast enough that no batching is needed), then `pick([key])` for 10,000 random
   existing and 10,000 missing keys, in microseconds; the fill time and the file size.
 
@@ -58,8 +58,8 @@ sys.path[:0] = [p for p in (str(HERE), str(HERE.parent / "addon")) if p not in s
 import bench_overhead as bo  # noqa: E402
 from bench_overhead import Phase, Proc, Samples, percentile  # noqa: E402
 
-from llmtap import cache  # noqa: E402
-from llmtap.cachestore import CacheStore, Entry  # noqa: E402
+from llmtap.policy import cache_keys  # noqa: E402
+from llmtap.storage.cachestore import CacheStore, Entry  # noqa: E402
 
 TARGET_HIT_RATIO = 1.0
 BUCKET = 5
@@ -344,25 +344,25 @@ def time_picks(store: CacheStore, keys: list[str]) -> Timing:
 
 def lookups(tmp: Path, counts: Counts, log: Callable[[str], None]) -> dict[str, Any]:
     n, samples = counts.lookup_entries, counts.lookup_samples
-    policy = cache.policy_for({"helicone-cache-enabled": "true"}, None)
+    policy = cache_keys.policy_for({"helicone-cache-enabled": "true"}, None)
     assert policy is not None
     headers = {"authorization": "Bearer sk-bench", "content-type": "application/json"}
 
     def key(i: int) -> str:
         body = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"question %d"}]}' % i
-        return cache.lookup_for(
+        return cache_keys.lookup_for(
             policy, "POST", "api.openai.com", "/v1/chat/completions", body, headers
         ).keys()[0]
 
-    log(f"lookups: deriving {n + samples:,} keys with llmtap.cache.lookup_for")
+    log(f"lookups: deriving {n + samples:,} keys with llmtap.policy.cache_keys.lookup_for")
     keys = [key(i) for i in range(n + samples)]
     present, absent = keys[:n], keys[n:]
     lowered = {k.lower(): v for k, v in {"authorization": "Bearer sk-bench", **HIT_HEADERS}.items()}
 
     def hot_path_key() -> None:  # what the addon does per request before the SQLite lookup
-        p = cache.policy_for(lowered, None)
+        p = cache_keys.policy_for(lowered, None)
         assert p is not None
-        cache.lookup_for(p, "POST", "127.0.0.1:1234", "/v1/chat/completions", bo.BODY, lowered)
+        cache_keys.lookup_for(p, "POST", "127.0.0.1:1234", "/v1/chat/completions", bo.BODY, lowered)
 
     key_us = Timing.of(_timed(hot_path_key, samples), samples)
 

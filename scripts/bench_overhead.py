@@ -17,7 +17,7 @@ What is measured (all over loopback HTTP/1.1 keep-alive, reverse mode, quiet mit
   (its last flush included), so that work is counted for the tap and cannot slow the next phase.
 
 How: the upstream is a minimal asyncio server in its own process (`--upstream fake` uses
-llmtap.fakeprovider instead, for a cross-check only: it is far slower than mitmdump). Every proxy is
+llmtap.demo.fakeprovider instead, for a cross-check only: it is far slower than mitmdump). Every proxy is
 its own process and is measured alone while the others sit idle. Rounds are interleaved (bare, tap,
 tap, bare...) to spread drift. The throughput ratio is the median of the per-round tap/bare ratios
 (each pair ran back to back, so drift of this shared machine cancels out of it; the ratio of the
@@ -365,7 +365,7 @@ def http_request(port: int, body: bytes, stream: bool = False) -> bytes:
         "content-type: application/json",
         f"content-length: {len(body)}",
     ]
-    if stream:  # only llmtap.fakeprovider reads these
+    if stream:  # only llmtap.demo.fakeprovider reads these
         lines += [f"x-fake-delay-ms: {EVENT_DELAY_MS}", f"x-fake-reply: {''.join(WORDS)}"]
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
@@ -662,7 +662,7 @@ def count_log_errors(proc: Proc) -> list[str]:
 def start_upstream(kind: str, tmp: Path) -> Proc:
     port = free_port()
     if kind == "fake":
-        cmd = [sys.executable, "-m", "llmtap.fakeprovider", "--port", str(port)]
+        cmd = [sys.executable, "-m", "llmtap.demo.fakeprovider", "--port", str(port)]
     else:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-upstream", str(port)]
     proc = spawn(f"upstream-{kind}", cmd, port, tmp)
@@ -783,7 +783,7 @@ def report(r: dict[str, Any]) -> str:
     c = r["counts"]
     out = [
         "llmtap overhead: bare mitmdump vs mitmdump -s addon/tap.py (reverse mode, loopback, HTTP/1.1)",
-        f"upstream: {'in-script asyncio server' if r['upstream'] == 'fast' else 'llmtap.fakeprovider'}"
+        f"upstream: {'in-script asyncio server' if r['upstream'] == 'fast' else 'llmtap.demo.fakeprovider'}"
         f" (own process); {r['cores']} cores; {c['rounds']} interleaved rounds; throughput: median of"
         " the rounds' tap/bare ratios; the rest: medians of rounds",
         "",
@@ -872,7 +872,7 @@ def main() -> None:
         "--upstream",
         choices=("fast", "fake"),
         default="fast",
-        help="fast: asyncio server in this script (default); fake: llmtap.fakeprovider, which takes "
+        help="fast: asyncio server in this script (default); fake: llmtap.demo.fakeprovider, which takes "
         "~44 ms per keep-alive request here, so it, not the proxy, is what gets measured",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, DuckDB files)")

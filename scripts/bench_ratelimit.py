@@ -63,7 +63,7 @@ import bench_cache as bc  # noqa: E402
 import bench_overhead as bo  # noqa: E402
 from bench_overhead import Phase, Proc, Samples, percentile  # noqa: E402
 
-from llmtap import ratelimit, rules  # noqa: E402
+from llmtap.policy import ratelimit, rules  # noqa: E402
 
 CLIENTS = bo.CLIENTS
 TARGET_ADDED_MS = 0.1

@@ -72,13 +72,14 @@ if str(ADDON) not in sys.path:
 
 import duckdb  # noqa: E402
 
-from llmtap import cli, pricing, usage  # noqa: E402
-from llmtap.cachestore import Entry  # noqa: E402
-from llmtap.headers import CallMeta  # noqa: E402
-from llmtap.migrations import migrate  # noqa: E402
-from llmtap.providers import path_model  # noqa: E402
-from llmtap.record import COLUMNS, Capture, decoded_response, to_row  # noqa: E402
-from llmtap.store import DUCKDB_CONFIG, Store, _append, _merge_setting  # noqa: E402
+from llmtap import cli  # noqa: E402
+from llmtap.accounting import pricing, usage  # noqa: E402
+from llmtap.accounting.record import COLUMNS, Capture, decoded_response, to_row  # noqa: E402
+from llmtap.storage.cachestore import Entry  # noqa: E402
+from llmtap.storage.migrations import migrate  # noqa: E402
+from llmtap.storage.writer import DUCKDB_CONFIG, Store, _append, _merge_setting  # noqa: E402
+from llmtap.wire.helicone import CallMeta  # noqa: E402
+from llmtap.wire.providers import path_model  # noqa: E402
 
 REPORT_TARGET_S = 1.0
 INGEST_TARGET = 50_000  # rows/s

@@ -1,9 +1,9 @@
 """The fake LLM provider used by the tests.
 
-The tests share the demo's stand-in (``llmtap.fakeprovider``) so that one
+The tests share the demo's stand-in (``llmtap.demo.fakeprovider``) so that one
 implementation speaks the OpenAI, Anthropic and Gemini wire formats.
 """
 
-from llmtap.fakeprovider import FakeProvider, Received
+from llmtap.demo.fakeprovider import FakeProvider, Received
 
 __all__ = ["FakeProvider", "Received"]

@@ -421,7 +421,7 @@ def test_survives_client_abort_and_keeps_alive(fp: FakeProvider, oai: OpenAI) ->
 def test_main_runs_in_foreground() -> None:
     addon = Path(__file__).resolve().parents[1] / "addon"
     env = {**os.environ, "PYTHONPATH": str(addon)}
-    command = [sys.executable, "-m", "llmtap.fakeprovider", "--port", "0"]
+    command = [sys.executable, "-m", "llmtap.demo.fakeprovider", "--port", "0"]
     with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env) as proc:
         try:
             assert proc.stdout is not None

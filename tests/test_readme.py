@@ -34,7 +34,7 @@ def test_every_option_is_documented() -> None:
 def test_shipped_rules_and_the_readme_example_are_valid() -> None:
     import yaml
 
-    from llmtap import rules
+    from llmtap.policy import rules
 
     root = Path(__file__).resolve().parents[1]
     rules.load(root / "rules.yaml")

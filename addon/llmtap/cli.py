@@ -9,11 +9,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import __version__, output, query, reports
+from llmtap import __version__
+from llmtap.reports import catalog, output
+from llmtap.storage import query
 
 if TYPE_CHECKING:
-    from . import rules
-    from .cachestore import CacheStore
+    from llmtap.policy import rules
+    from llmtap.storage.cachestore import CacheStore
 
 # Commands import what only they need (rules: yaml; feedback: urllib; cache: sqlite3): every
 # `llmtap report` starts a fresh interpreter, and imports are most of its start-up time.
@@ -144,23 +146,23 @@ def _positive(text: str) -> int:
 def _report_parser(sub: argparse._SubParsersAction) -> None:
     report = sub.add_parser(
         "report",
-        help=f"built-in reports: {', '.join(reports.REPORTS)} (works while the proxy runs)",
+        help=f"built-in reports: {', '.join(catalog.REPORTS)} (works while the proxy runs)",
         description="Built-in reports over the requests table. `llmtap report NAME --help` for each.",
     )
     names = report.add_subparsers(required=True, metavar="REPORT", dest="report")
-    for name, text in reports.REPORTS.items():
+    for name, text in catalog.REPORTS.items():
         p = names.add_parser(name, help=text, description=f"llmtap report {name}: {text.rstrip('., ')}.")
-        if name in reports.GROUPED:
-            default = ",".join(reports.GROUPED[name]) or "none; status and error always"
+        if name in catalog.GROUPED:
+            default = ",".join(catalog.GROUPED[name]) or "none; status and error always"
             p.add_argument(
                 "--by",
                 action="append",
-                type=_checked(reports.parse_dimensions),
+                type=_checked(catalog.parse_dimensions),
                 metavar="DIM",
                 help="group by model, provider, day, hour, user, session, rating, property:NAME or"
                 f" score:NAME; repeat or comma-separate for several (default: {default})",
             )
-        limit = reports.DEFAULT_LIMIT.get(name)
+        limit = catalog.DEFAULT_LIMIT.get(name)
         if name != "summary":
             p.add_argument(
                 "--limit",
@@ -175,7 +177,7 @@ def _report_parser(sub: argparse._SubParsersAction) -> None:
 
 def _filter_options(p: argparse.ArgumentParser) -> None:
     f = p.add_argument_group("filters (every report)")
-    when = _checked(reports.parse_when)
+    when = _checked(catalog.parse_when)
     f.add_argument(
         "--since", type=when, help="calls from then on: 30m, 24h, 7d, 2w ago, or an ISO date / time"
     )
@@ -188,7 +190,7 @@ def _filter_options(p: argparse.ArgumentParser) -> None:
         "--property",
         action="append",
         default=[],
-        type=_checked(reports.parse_property),
+        type=_checked(catalog.parse_property),
         metavar="NAME=VALUE",
         help="only calls with this Helicone property value (repeatable, all must match)",
     )
@@ -197,7 +199,7 @@ def _filter_options(p: argparse.ArgumentParser) -> None:
         "--score",
         action="append",
         default=[],
-        type=_checked(reports.parse_score),
+        type=_checked(catalog.parse_score),
         metavar="NAME<OP>N",
         help="only calls whose latest score NAME compares so: 'accuracy>=90', is_safe=true"
         " (OP: = != > >= < <=; repeatable)",
@@ -205,7 +207,7 @@ def _filter_options(p: argparse.ArgumentParser) -> None:
     f.add_argument(
         "--tz",
         default="UTC",
-        type=_checked(reports.parse_tz),
+        type=_checked(catalog.parse_tz),
         help="time zone of days, hours and ISO times without an offset (default: UTC)",
     )
 
@@ -226,7 +228,7 @@ def cmd_proxy(args: argparse.Namespace) -> int:
 
 
 def run_proxy(extra: list[str]) -> int:
-    from . import proxyproc
+    from llmtap import proxyproc
 
     cmd = [*proxyproc.mitmdump_command(), "-s", str(proxyproc.TAP)]
     if not any(a in ("--listen-host",) or a.startswith("--listen-host=") for a in extra):
@@ -246,7 +248,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    opts = reports.Options(
+    opts = catalog.Options(
         since=args.since,
         until=args.until,
         provider=args.provider,
@@ -262,7 +264,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     )
     conn = query.connect(args.db)
     try:
-        report = reports.prepare(conn, args.report, opts)
+        report = catalog.prepare(conn, args.report, opts)
         if args.format == "parquet":
             query.to_parquet(conn, report.sql, report.params, args.out)
             return 0
@@ -270,19 +272,19 @@ def cmd_report(args: argparse.Namespace) -> int:
         columns, rows = query.fetch(conn, report.sql, report.params, decimals_as_text=as_text)
     finally:
         conn.close()
-    _write(args, reports.render(report, columns, rows, args.format))
+    _write(args, catalog.render(report, columns, rows, args.format))
     return 0
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from . import schema_doc
+    from llmtap.storage import schema_doc
 
     _write(args, schema_doc.generate())
     return 0
 
 
 def cmd_rules_check(args: argparse.Namespace) -> int:
-    from . import rules
+    from llmtap.policy import rules
 
     try:
         loaded = rules.load(args.file)
@@ -325,7 +327,7 @@ def cmd_cache_clear(args: argparse.Namespace) -> int:
 def _cache(path: str) -> CacheStore:
     import sqlite3
 
-    from .cachestore import CacheStore
+    from llmtap.storage.cachestore import CacheStore
 
     if not Path(path).exists():
         raise query.QueryError(f"no cache at {path} yet: the proxy creates it when it starts")
@@ -336,14 +338,14 @@ def _cache(path: str) -> CacheStore:
 
 
 def cmd_feedback(args: argparse.Namespace) -> int:
-    from . import annotate
+    from llmtap.api import annotate
 
     print(annotate.annotate("feedback", args.request_id, {"rating": args.rating == "up"}, args.api, args.db))
     return 0
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from . import annotate
+    from llmtap.api import annotate
 
     scores = annotate.parse_scores(args.scores)
     print(annotate.annotate("score", args.request_id, {"scores": scores}, args.api, args.db))
@@ -351,7 +353,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_property(args: argparse.Namespace) -> int:
-    from . import annotate
+    from llmtap.api import annotate
 
     properties = annotate.parse_properties(args.properties)
     print(annotate.annotate("property", args.request_id, {"properties": properties}, args.api, args.db))
@@ -359,9 +361,9 @@ def cmd_property(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from . import demo
+    from llmtap.demo import walkthrough
 
-    return demo.run(Path(args.db))
+    return walkthrough.run(Path(args.db))
 
 
 if __name__ == "__main__":

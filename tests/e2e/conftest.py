@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from llmtap import proxyproc, query
+from llmtap import proxyproc
+from llmtap.storage import query
 from tests.fakeprovider import FakeProvider
 
 

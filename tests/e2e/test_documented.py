@@ -26,7 +26,8 @@ from anthropic import Anthropic
 from genai_prices import Usage
 from openai import AzureOpenAI, OpenAI
 
-from llmtap import proxyproc, query
+from llmtap import proxyproc
+from llmtap.storage import query
 from tests.documented import ALL, AZURE_HOST, Documented
 from tests.fakeprovider import FakeProvider
 from tests.unit.test_documented import expected_cost

@@ -16,7 +16,7 @@ from pathlib import Path
 import duckdb
 from openai import OpenAI
 
-from llmtap.migrations import MIGRATIONS
+from llmtap.storage.migrations import MIGRATIONS
 from tests.e2e.conftest import Proxy, free_port
 from tests.fakeprovider import FakeProvider
 

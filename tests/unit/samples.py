@@ -14,8 +14,8 @@ from typing import Any
 import genai_prices
 from genai_prices import Usage
 
-from llmtap.headers import CallMeta
-from llmtap.record import Capture
+from llmtap.accounting.record import Capture
+from llmtap.wire.helicone import CallMeta
 
 STARTED = datetime(2025, 6, 1, 12, 0, tzinfo=UTC).timestamp()
 OPENAI_MODEL = "gpt-4o-mini-2024-07-18"

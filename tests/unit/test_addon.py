@@ -15,14 +15,15 @@ from mitmproxy import exceptions, http
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
-from llmtap import addon as addon_module
-from llmtap import cache, headers, providers, ratelimit
-from llmtap.addon import LLMTap
-from llmtap.cachestore import CacheStore, Entry
-from llmtap.freshcache import FreshEntries
-from llmtap.policies import CachePolicy
-from llmtap.record import Capture
-from llmtap.tee import StreamTee
+from llmtap.accounting.record import Capture
+from llmtap.policy import cache_keys, ratelimit
+from llmtap.policy.values import CachePolicy
+from llmtap.proxy import addon as addon_module
+from llmtap.proxy.addon import LLMTap
+from llmtap.proxy.fresh import FreshEntries
+from llmtap.proxy.stream import StreamTee
+from llmtap.storage.cachestore import CacheStore, Entry
+from llmtap.wire import helicone, providers
 
 from . import samples
 
@@ -285,7 +286,7 @@ def test_access_key(tap: Tap, auth: str | None, status: int | None) -> None:
     "target, hook",
     [
         (lambda mp: mp.setattr(providers, "detect", boom), "requestheaders"),
-        (lambda mp: mp.setattr(headers, "parse", boom), "request"),
+        (lambda mp: mp.setattr(helicone, "parse", boom), "request"),
         (lambda mp: mp.setattr(addon_module, "StreamTee", boom), "responseheaders"),
     ],
 )
@@ -299,7 +300,7 @@ def test_an_exception_in_a_hook_does_not_propagate(
     a, _, store = tap
     target(monkeypatch)  # type: ignore[operator]
     f = request(body=STREAM_BODY, extra=(("Helicone-User-Id", "alice"),))
-    with caplog.at_level(logging.ERROR, logger="llmtap.addon"):
+    with caplog.at_level(logging.ERROR, logger="llmtap.proxy.addon"):
         send(a, f)
         receive(a, f, respond(body=INJECTED, ctype="text/event-stream"))
     assert a.hook_errors == 1
@@ -437,7 +438,7 @@ def test_a_cache_miss_is_marked_and_saved_for_later(cached: Tap) -> None:
     assert c.cache_status == "MISS" and c.hit is None and c.hit_key is None
     assert c.cache_save is not None and c.cache_save.policy == CachePolicy()
     sent = {"authorization": "Bearer sk-proj-SECRET", "helicone-cache-enabled": "true"}
-    expected = cache.lookup_for(
+    expected = cache_keys.lookup_for(
         CachePolicy(), "POST", "api.openai.com", "/v1/chat/completions", CHAT_BODY, sent
     )
     assert c.cache_save == expected
@@ -678,7 +679,7 @@ def test_a_failing_cache_lookup_is_a_miss(
     a, _, store = cached
     monkeypatch.setattr(a.cache, "get", boom)
     f = request(extra=CACHE_ON)
-    with caplog.at_level(logging.ERROR, logger="llmtap.addon"):
+    with caplog.at_level(logging.ERROR, logger="llmtap.proxy.addon"):
         send(a, f)
     assert f.response is None, "the call goes upstream"
     assert "cache lookup failed; treating it as a miss" in caplog.text

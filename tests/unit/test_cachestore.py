@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from llmtap.cachestore import CacheStore, Entry
+from llmtap.storage.cachestore import CacheStore, Entry
 
 from . import samples
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from llmtap.cachestore import CacheStore, Entry
 from llmtap.cli import main
-from llmtap.migrations import migrate
+from llmtap.storage.cachestore import CacheStore, Entry
+from llmtap.storage.migrations import migrate
 
 RULES = """\
 providers:

@@ -11,9 +11,9 @@ import genai_prices
 import pytest
 from genai_prices import Usage
 
-from llmtap import providers
-from llmtap.headers import CallMeta
-from llmtap.record import COLUMNS, Capture, to_row
+from llmtap.accounting.record import COLUMNS, Capture, to_row
+from llmtap.wire import providers
+from llmtap.wire.helicone import CallMeta
 from tests.documented import ALL, Documented, dumps
 
 NINE = Decimal("0.000000001")

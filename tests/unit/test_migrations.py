@@ -6,9 +6,9 @@ from collections.abc import Iterator
 import duckdb
 import pytest
 
-from llmtap import migrations
-from llmtap.migrations import MIGRATIONS, applied, migrate, migration, pending
-from llmtap.record import COLUMNS, TYPES
+from llmtap.accounting.record import COLUMNS, TYPES
+from llmtap.storage import migrations
+from llmtap.storage.migrations import MIGRATIONS, applied, migrate, migration, pending
 
 EXPECTED = {
     "request_id": "VARCHAR",

@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from llmtap.output import FORMATS, render
+from llmtap.reports.output import FORMATS, render
 
 COLUMNS = ["model", "calls", "cost_usd", "latency_ms", "day", "streamed"]
 ROWS = [

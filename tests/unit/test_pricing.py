@@ -7,8 +7,8 @@ import genai_prices
 import pytest
 from genai_prices import Usage
 
-from llmtap.pricing import VERSION, Cost, price
-from llmtap.usage import Tokens
+from llmtap.accounting.pricing import VERSION, Cost, price
+from llmtap.accounting.usage import Tokens
 
 AT = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 NINE = Decimal("0.000000001")

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmtap.providers import (
+from llmtap.wire.providers import (
     KNOWN_HOSTS,
     Provider,
     api_for_path,

@@ -9,8 +9,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from llmtap.migrations import MIGRATIONS, applied, migrate
-from llmtap.query import QueryError, connect, run
+from llmtap.storage.migrations import MIGRATIONS, applied, migrate
+from llmtap.storage.query import QueryError, connect, run
 
 # Holds the file read-write (DuckDB's process lock): for `seconds`, or until stdin closes.
 HOLD_LOCK = """

@@ -7,9 +7,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from llmtap.headers import HeaderError
-from llmtap.policies import RateLimitPolicy
-from llmtap.ratelimit import (
+from llmtap.policy.ratelimit import (
     HEADER,
     Limit,
     MemoryBuckets,
@@ -20,6 +18,8 @@ from llmtap.ratelimit import (
     limits_for,
     parse_header,
 )
+from llmtap.policy.values import RateLimitPolicy
+from llmtap.wire.helicone import HeaderError
 
 DAY = 86400
 

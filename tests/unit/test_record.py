@@ -10,9 +10,9 @@ import genai_prices
 import pytest
 from genai_prices import Usage
 
-from llmtap.cachestore import Entry
-from llmtap.headers import CallMeta
-from llmtap.record import COLUMNS, TYPES, Capture, to_row
+from llmtap.accounting.record import COLUMNS, TYPES, Capture, to_row
+from llmtap.storage.cachestore import Entry
+from llmtap.wire.helicone import CallMeta
 
 from . import samples
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmtap.redact import REDACTED, is_secret_header, redact_headers, redact_path
+from llmtap.policy.redact import REDACTED, is_secret_header, redact_headers, redact_path
 
 
 @pytest.mark.parametrize(

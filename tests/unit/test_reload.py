@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from llmtap import reload, rules
+from llmtap.policy import rules
+from llmtap.proxy import reload
 
 ONE_RULE = "rules:\n  - name: cache-all\n    cache: {ttl: 1h}\n"
 TWO_RULES = ONE_RULE + "  - name: limit\n    rate_limit: {quota: 10, window: 60s}\n"
@@ -52,7 +53,7 @@ def path(tmp_path: Path) -> Path:
 
 
 def test_a_good_edit_swaps_the_rules(path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="llmtap.reload"):
+    with caplog.at_level(logging.INFO, logger="llmtap.proxy.reload"):
         swapped = run_watch(path, (lambda: path.write_text(TWO_RULES), bool))
     [new] = swapped
     assert [r.name for r in new.rules] == ["cache-all", "limit"]
@@ -64,7 +65,7 @@ def test_a_bad_edit_keeps_the_previous_rules(path: Path, caplog: pytest.LogCaptu
     def logged(_: list[rules.Rules]) -> bool:
         return "keeping the previous rules" in caplog.text
 
-    with caplog.at_level(logging.INFO, logger="llmtap.reload"):
+    with caplog.at_level(logging.INFO, logger="llmtap.proxy.reload"):
         swapped = run_watch(path, (lambda: path.write_text(BAD_TTL), logged))
     assert swapped == []
     field = "rules[0].cache.ttl: expected a duration like '1h', got 'soon'"
@@ -77,7 +78,7 @@ def test_a_fixed_file_is_loaded_after_a_bad_edit(path: Path, caplog: pytest.LogC
     def logged(_: list[rules.Rules]) -> bool:
         return "keeping the previous rules" in caplog.text
 
-    with caplog.at_level(logging.INFO, logger="llmtap.reload"):
+    with caplog.at_level(logging.INFO, logger="llmtap.proxy.reload"):
         swapped = run_watch(
             path,
             (lambda: path.write_text(BAD_TTL), logged),
@@ -90,7 +91,7 @@ def test_a_deleted_file_keeps_the_rules(path: Path, caplog: pytest.LogCaptureFix
     def logged(_: list[rules.Rules]) -> bool:
         return "is gone" in caplog.text
 
-    with caplog.at_level(logging.INFO, logger="llmtap.reload"):
+    with caplog.at_level(logging.INFO, logger="llmtap.proxy.reload"):
         swapped = run_watch(path, (path.unlink, logged))
     assert swapped == []
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -135,6 +136,6 @@ def test_a_recreated_file_is_loaded(path: Path, caplog: pytest.LogCaptureFixture
         assert swapped == [], "nothing is swapped while the file is gone"
         return "is gone" in caplog.text
 
-    with caplog.at_level(logging.INFO, logger="llmtap.reload"):
+    with caplog.at_level(logging.INFO, logger="llmtap.proxy.reload"):
         swapped = run_watch(path, (path.unlink, logged), (lambda: path.write_text(TWO_RULES), bool))
     assert [len(r.rules) for r in swapped] == [2]

@@ -6,9 +6,7 @@ from email.utils import formatdate
 
 import pytest
 
-from llmtap.headers import HeaderError
-from llmtap.policies import RetryPolicy
-from llmtap.retry import (
+from llmtap.policy.retry import (
     MAX_PROVIDER_WAIT,
     MAX_TOTAL_WAIT,
     backoff,
@@ -17,6 +15,8 @@ from llmtap.retry import (
     retryable,
     wait_before_next,
 )
+from llmtap.policy.values import RetryPolicy
+from llmtap.wire.helicone import HeaderError
 
 NOW = 1_750_000_000.0  # an injected "now" for HTTP dates
 DEFAULT = RetryPolicy()

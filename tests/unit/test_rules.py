@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from llmtap.policies import CachePolicy, RateLimitPolicy, RetryPolicy
-from llmtap.providers import Provider
-from llmtap.rules import Request as RuleRequest
-from llmtap.rules import Rule, Rules, RulesError, load, parse
+from llmtap.policy.rules import Request as RuleRequest
+from llmtap.policy.rules import Rule, Rules, RulesError, load, parse
+from llmtap.policy.values import CachePolicy, RateLimitPolicy, RetryPolicy
+from llmtap.wire.providers import Provider
 
 VALID = """\
 # extra OpenAI-compatible hosts

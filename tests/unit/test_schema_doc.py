@@ -7,9 +7,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from llmtap import schema_doc
 from llmtap.cli import main
-from llmtap.migrations import migrate
+from llmtap.storage import schema_doc
+from llmtap.storage.migrations import migrate
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "schema.md"
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmtap.sse import Event, EventSplitter, iter_events, parse_event
+from llmtap.wire.sse import Event, EventSplitter, iter_events, parse_event
 
 from . import samples
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from llmtap import upstream
-from llmtap.upstream import Reply
+from llmtap.proxy import upstream
+from llmtap.proxy.upstream import Reply
 from tests.fakeprovider import FakeProvider
 
 from . import samples

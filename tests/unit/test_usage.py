@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import tiktoken
 
-from llmtap import tokens
-from llmtap.usage import Tokens, account
+from llmtap.accounting import estimate
+from llmtap.accounting.usage import Tokens, account
 
 from . import samples
 
@@ -32,8 +32,8 @@ def offline_tiktoken(monkeypatch: pytest.MonkeyPatch) -> None:
         raise OSError(f"cannot download {name}: network is unreachable")
 
     monkeypatch.setattr(tiktoken, "get_encoding", unavailable)
-    monkeypatch.setattr(tokens, "_encoder", None)
-    monkeypatch.setattr(tokens, "_method", "")
+    monkeypatch.setattr(estimate, "_encoder", None)
+    monkeypatch.setattr(estimate, "_method", "")
 
 
 def counts(t: Tokens) -> tuple[int, ...]:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import duckdb
 
-from llmtap import writerproc
-from llmtap.headers import CallMeta
+from llmtap.storage import writerproc
+from llmtap.wire.helicone import CallMeta
 
 from . import samples
 

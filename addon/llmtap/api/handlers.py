@@ -1,0 +1,129 @@
+"""What the local API does: turn its requests into records for the writer.
+
+Kept apart from httpserver.py (HTTP) and addon.py (hooks) so it is plain Python over plain data. A
+request id is known if the database has it (the look-up runs in a worker thread) or if this proxy
+logged it recently: rows reach the file up to a flush later, or much later while it is locked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from llmtap.accounting.record import Annotation, Capture, Feedback, PropertyUpdate, Score
+from llmtap.api import asynclog, httpserver
+from llmtap.storage import query
+from llmtap.wire import helicone, providers
+
+
+class Service:
+    def __init__(
+        self,
+        submit: Callable[[Capture | Annotation], bool],
+        db_path: Callable[[], str],
+        extra_providers: Callable[[], dict[str, providers.Provider]],
+        store_limit: Callable[[], int],
+    ) -> None:
+        self.submit, self.db_path = submit, db_path
+        self.extra_providers, self.store_limit = extra_providers, store_limit
+        self.recent = RecentIds(20_000)
+
+    def keep_recent(self, size: int) -> None:
+        """How many ids to remember: at most how many logged calls can be not yet in the file (the
+        writer's queue plus the rows it holds back while the file is locked); older ids are found
+        in the database and need no memory here. A new size starts afresh (a rare option change)."""
+        if size != self.recent.size:
+            self.recent = RecentIds(size)
+
+    def remember(self, request_id: str) -> None:
+        self.recent.add(request_id)
+
+    async def handle(self, method: str, path: str, body: Any) -> httpserver.Reply:
+        name, request_id = httpserver.route(method, path)
+        if name == "health":
+            return httpserver.Reply(200, {"ok": True})
+        if name == "log":
+            c = asynclog.capture(body, self.extra_providers(), self.store_limit())
+            self._submit(c)
+            self.remember(c.meta.request_id)
+            return httpserver.Reply(
+                200, {"ok": True, "id": c.meta.request_id}, {"helicone-id": c.meta.request_id}
+            )
+        assert request_id is not None
+        valid = helicone.valid_uuid(request_id) or request_id
+        if not await self.known(valid):
+            raise httpserver.ApiError(404, f"no request with id {request_id!r}")
+        now = datetime.now(UTC)
+        if name == "feedback":
+            rating = httpserver.rating(body)
+            self._submit(Feedback(valid, rating, now))
+            return httpserver.Reply(201, {"id": valid, "rating": rating})
+        if name == "score":
+            scores = httpserver.scores(body)
+            for key, value in scores.items():
+                self._submit(Score(valid, key, value, now))
+            return httpserver.Reply(201, {"id": valid, "scores": scores})
+        key, value = httpserver.property_update(body)
+        self._submit(PropertyUpdate(valid, key, value))
+        return httpserver.Reply(200, {"id": valid, "property": {key: value}})
+
+    def _submit(self, item: Capture | Annotation) -> None:
+        if not self.submit(item):
+            raise httpserver.ApiError(500, "the writer is not keeping up; the record was dropped")
+
+    async def known(self, request_id: str) -> bool:
+        if request_id in self.recent:
+            return True
+        return await asyncio.to_thread(_in_db, self.db_path(), request_id)
+
+
+def _in_db(path: str, request_id: str) -> bool:
+    try:
+        conn = query.connect(path, wait=5)
+    except query.QueryError:
+        return False
+    try:
+        return (
+            conn.execute("SELECT 1 FROM requests WHERE request_id = ? LIMIT 1", [request_id]).fetchone()
+            is not None
+        )
+    finally:
+        conn.close()
+
+
+class RecentIds:
+    """The last `size` request ids, 16 bytes each in one buffer allocated up front, so memory does
+    not grow with traffic (a dict of id strings costs ~175 bytes per id). Adding is O(1); looking
+    up scans the buffer (~20 us at 20k ids), which only the local API does. Request ids are UUIDs
+    (llmtap makes them, or keeps a client's valid UUID); anything else is never recent."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.buf = bytearray(16 * size)
+        self.added = 0
+
+    def add(self, request_id: str) -> None:
+        raw = _uuid_bytes(request_id)
+        if raw is None or not self.size:
+            return
+        at = self.added % self.size * 16
+        self.buf[at : at + 16] = raw
+        self.added += 1
+
+    def __contains__(self, request_id: str) -> bool:
+        raw = _uuid_bytes(request_id)
+        end = 16 * min(self.added, self.size)
+        at = self.buf.find(raw, 0, end) if raw is not None else -1
+        while at != -1 and at % 16:  # a match must start at a slot, not straddle two
+            at = self.buf.find(raw, at + 1, end)
+        return at != -1
+
+
+def _uuid_bytes(request_id: str) -> bytes | None:
+    try:
+        raw = bytes.fromhex(request_id.replace("-", ""))
+    except ValueError:
+        return None
+    return raw if len(raw) == 16 else None

@@ -1,0 +1,101 @@
+"""`llmtap demo`: real SDK calls through a real proxy to a local stand-in provider.
+
+Nothing leaves the machine and no API key is needed: the upstream is llmtap's fake provider (a
+local demo stand-in that speaks the OpenAI and Anthropic wire formats, not a real model). The
+proxy runs in gateway (reverse) mode, exactly as `mitmdump --mode reverse:... -s addon/tap.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from llmtap import proxyproc
+from llmtap.demo.fakeprovider import FakeProvider
+from llmtap.reports import output
+from llmtap.storage import query
+
+SUMMARY = """
+SELECT provider, endpoint, model, streamed, status, input_tokens AS "in", cache_read_tokens AS cached,
+       cache_write_tokens AS cache_write, output_tokens AS "out", reasoning_tokens AS reasoning,
+       round(ttft_ms, 1) AS ttft_ms, cost_usd, user_id
+FROM requests ORDER BY created_at
+"""
+BY_MODEL = """
+SELECT model, count(*) AS calls, sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
+       sum(cost_usd) AS cost_usd
+FROM requests GROUP BY model ORDER BY cost_usd DESC NULLS LAST
+"""
+
+
+def run(db: Path, say: Callable[[str], None] = print) -> int:
+    os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
+    for suffix in ("", ".wal"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory() as tmp, FakeProvider() as fake:
+        say(f"fake provider (a local demo stand-in, not a real model) at {fake.url}")
+        proxy = proxyproc.start(
+            [
+                "--mode",
+                f"reverse:{fake.url}",
+                "--set",
+                f"llmtap_db={db}",
+                "--set",
+                "flow_detail=0",
+                "--set",
+                f"llmtap_cache={Path(tmp) / 'cache.sqlite'}",
+                "--set",
+                "llmtap_api=127.0.0.1:0",
+            ],
+            Path(tmp),
+        )
+        say(f"llmtap proxy (mitmdump -s addon/tap.py, gateway mode) at {proxy.url}\n")
+        try:
+            _calls(proxy.url, say)
+        finally:
+            proxy.stop()
+    say("\ncaptured rows:")
+    say(output.render(*query.run(db, SUMMARY)))
+    say("cost by model:")
+    say(output.render(*query.run(db, BY_MODEL)))
+    say(f"explore: llmtap report summary --db {db}")
+    say(f"         llmtap report cost --by user --db {db}")
+    say(f'         llmtap sql --db {db} "SELECT * FROM requests"')
+    return 0
+
+
+def _calls(base: str, say: Callable[[str], None]) -> None:
+    from anthropic import Anthropic
+    from openai import OpenAI
+
+    tags = {"Helicone-User-Id": "alice", "Helicone-Property-Feature": "demo"}
+    oai = OpenAI(base_url=f"{base}/v1", api_key="sk-demo-not-a-real-key", max_retries=0)
+    ant = Anthropic(base_url=base, api_key="sk-ant-demo-not-a-real-key", max_retries=0)
+    msgs = [{"role": "user", "content": "Say hello."}]
+
+    r = oai.chat.completions.create(model="gpt-4o-mini", messages=msgs, extra_headers=tags)
+    say(f"openai chat          -> {r.choices[0].message.content!r}")
+    text = "".join(
+        c.choices[0].delta.content or ""
+        for c in oai.chat.completions.create(model="gpt-4o", messages=msgs, stream=True)
+        if c.choices
+    )
+    say(f"openai chat, stream  -> {text!r}")
+    usage = {"x-fake-usage": json.dumps({"input": 900, "cached": 512, "reasoning": 64, "output": 120})}
+    r = oai.chat.completions.create(model="o3-mini", messages=msgs, extra_headers={**usage, **tags})
+    say(f"openai o3-mini       -> {r.usage.completion_tokens} completion tokens, 64 of them reasoning")
+    resp = oai.responses.create(
+        model="gpt-4.1-mini", input="Say hello.", extra_headers={"Helicone-User-Id": "bob"}
+    )
+    say(f"openai responses     -> {resp.output_text!r}")
+    emb = oai.embeddings.create(model="text-embedding-3-small", input=["hello", "world"])
+    say(f"openai embeddings    -> {len(emb.data)} vectors")
+    cache = {"x-fake-usage": json.dumps({"input": 2400, "cached": 2000, "cache_write": 300})}
+    m = ant.messages.create(model="claude-sonnet-4-5", max_tokens=64, messages=msgs, extra_headers=cache)
+    say(f"anthropic messages   -> {m.content[0].text!r}")
+    with ant.messages.stream(model="claude-haiku-4-5", max_tokens=64, messages=msgs, extra_headers=tags) as s:
+        final = s.get_final_message()
+    say(f"anthropic, stream    -> {final.content[0].text!r}")

@@ -1,0 +1,106 @@
+"""Read access to the database, including while the proxy is running.
+
+DuckDB allows one read-write process per file and, while it holds the file, no reader in
+another process. The proxy's writer holds the file only for the few milliseconds of each flush
+(writer.py), so a reader opens it read-only, retrying for a while if a flush is in progress.
+Rows reach the file within `llmtap_flush_ms` (1 s by default) of a call finishing.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from llmtap.storage.migrations import migrate, pending
+
+
+class QueryError(Exception):
+    """A user-facing problem: no database yet, a file that stays locked, bad SQL."""
+
+
+def connect(path: str | Path, wait: float = 15.0) -> duckdb.DuckDBPyConnection:
+    """A read-only connection with the schema up to date, waiting out a writer's flush."""
+    path = Path(path)
+    if not path.exists():
+        raise QueryError(f"no database at {path} yet: start the proxy (or run `llmtap demo`) first")
+    deadline = time.monotonic() + wait
+    upgraded = False
+    while True:
+        try:
+            conn = duckdb.connect(str(path), read_only=True)
+            if upgraded or not pending(conn):
+                return conn
+            conn.close()
+            with duckdb.connect(str(path)) as rw:  # an older file: bring it up to date once
+                migrate(rw)
+            upgraded = True
+        except duckdb.IOException as e:
+            if "lock" not in str(e).lower() or time.monotonic() > deadline:
+                raise QueryError(f"cannot open {path}: {e}") from e
+            time.sleep(0.05)
+
+
+def run(path: str | Path, sql: str, params: dict[str, Any] | None = None) -> tuple[list[str], list[tuple]]:
+    """Columns and rows of one SQL statement against the database, read-only."""
+    conn = connect(path)
+    try:
+        return fetch(conn, sql, params)
+    finally:
+        conn.close()
+
+
+def run_to_parquet(path: str | Path, sql: str, params: dict[str, Any] | None, out: str | Path) -> None:
+    """Write the result of one query to a Parquet file, read-only."""
+    conn = connect(path)
+    try:
+        to_parquet(conn, sql, params, out)
+    finally:
+        conn.close()
+
+
+def fetch(
+    conn: duckdb.DuckDBPyConnection,
+    sql: str,
+    params: dict[str, Any] | None = None,
+    decimals_as_text: bool = False,
+) -> tuple[list[str], list[tuple]]:
+    """Columns and rows of one SQL statement on an open connection.
+
+    `decimals_as_text` (one SELECT only) returns DECIMAL columns as their exact text, as CSV and
+    JSON print them: DuckDB writes it in fixed notation, and no Python Decimal is made per value
+    (a 50k-row report: ~0.2 s less)."""
+    try:
+        if decimals_as_text:
+            sql = _decimals_as_text(conn, sql, params)
+        cur = conn.execute(sql, params or None)
+        columns = [d[0] for d in cur.description or []]
+        return columns, cur.fetchall()
+    except duckdb.Error as e:
+        raise QueryError(str(e)) from e
+
+
+def _decimals_as_text(conn: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any] | None) -> str:
+    body = sql.strip().rstrip(";").strip()
+    probe = conn.execute(f"SELECT * FROM ({body}) LIMIT 0", params or None)
+    casts = [
+        f'"{name}"::VARCHAR AS "{name}"'
+        for name, kind, *_ in probe.description or []
+        if str(kind).startswith("DECIMAL") and '"' not in name
+    ]
+    # A projection of the ordered subquery keeps its order (DuckDB's order preservation rules).
+    return f"SELECT * REPLACE ({', '.join(casts)}) FROM ({body})" if casts else sql
+
+
+def to_parquet(
+    conn: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any] | None, out: str | Path
+) -> None:
+    """`COPY (query) TO out (FORMAT parquet)`: DuckDB writes the file, with the query's exact types."""
+    body = sql.strip().rstrip(";").strip()
+    target = str(out).replace("'", "''")  # a string literal: COPY takes no parameter for its target
+    try:
+        conn.execute(f"COPY ({body}) TO '{target}' (FORMAT parquet)", params or None)
+    except duckdb.Error as e:
+        raise QueryError(f"cannot write {out} as Parquet: {e}") from e
