@@ -19,6 +19,7 @@ from llmtap.accounting.record import Capture
 from llmtap.policy import cache_keys, ratelimit
 from llmtap.policy.values import CachePolicy
 from llmtap.proxy import addon as addon_module
+from llmtap.proxy import limits as limits_module
 from llmtap.proxy.addon import LLMTap
 from llmtap.proxy.fresh import FreshEntries
 from llmtap.proxy.stream import StreamTee
@@ -407,9 +408,9 @@ CACHE_ON = (("Helicone-Cache-Enabled", "true"),)
 @pytest.fixture
 def cached(tap: Tap, tmp_path: Path) -> Iterator[Tap]:
     a, _, _ = tap
-    a.cache = CacheStore(tmp_path / "cache.sqlite")
+    a.cache.file = CacheStore(tmp_path / "cache.sqlite")
     # As _start_store makes it; its clock is the test flows' (tflow's timestamps are from 2000).
-    a.fresh = FreshEntries(100, 1 << 20, clock=lambda: tutils.tresp().timestamp_end + 1)
+    a.cache.fresh = FreshEntries(100, 1 << 20, clock=lambda: tutils.tresp().timestamp_end + 1)
     yield tap
     a.cache.close()
 
@@ -450,8 +451,8 @@ def test_an_identical_call_is_answered_from_the_cache(cached: Tap) -> None:
     send(a, first)
     receive(a, first, respond())
     [miss] = store.submitted
-    assert miss.cache_save is not None and a.cache is not None
-    a.cache.put(miss.cache_save.keys(), saved_entry(miss), 3600)  # what the writer does
+    assert miss.cache_save is not None and a.cache.file is not None
+    a.cache.file.put(miss.cache_save.keys(), saved_entry(miss), 3600)  # what the writer does
 
     f = request(extra=(*CACHE_ON, ("Helicone-Request-Id", REQUEST_ID)))
     send(a, f)
@@ -483,7 +484,7 @@ def test_the_next_identical_call_is_a_hit_before_the_writer_has_saved_it(cached:
     receive(a, first, gz)
     [miss] = store.submitted
     assert miss.cache_save is not None and miss.cache_slot == 0
-    assert a.cache is not None and a.cache.stats()["entries"] == 0
+    assert a.cache.file is not None and a.cache.file.stats()["entries"] == 0
 
     f = request(extra=CACHE_ON)
     send(a, f)
@@ -495,8 +496,8 @@ def test_the_next_identical_call_is_a_hit_before_the_writer_has_saved_it(cached:
     assert hit.hit is not None and hit.hit.request_id == miss.meta.request_id
 
     store.converted = store.queued  # the writer has converted both: memory lets go
-    a.fresh.settle(store.settled())
-    assert len(a.fresh) == 0
+    a.cache.settle(store.settled())
+    assert len(a.cache.fresh) == 0
     g = request(extra=CACHE_ON)
     send(a, g)
     assert g.response is None, "nothing in memory and (here) nothing saved: a miss"
@@ -527,8 +528,8 @@ def test_a_slot_the_file_already_has_is_not_taken_again(cached: Tap) -> None:
     first = request(extra=bucket)
     send(a, first)
     c = a.calls[first.id].capture
-    assert c is not None and c.cache_save is not None and a.cache is not None
-    a.cache.put(c.cache_save.keys(), saved_entry(c), 3600)  # slot 0 saved by an earlier run
+    assert c is not None and c.cache_save is not None and a.cache.file is not None
+    a.cache.file.put(c.cache_save.keys(), saved_entry(c), 3600)  # slot 0 saved by an earlier run
     receive(a, first, respond())
     assert store.submitted[0].cache_slot == 1
     f = request(extra=bucket)
@@ -549,7 +550,7 @@ def test_what_will_not_be_saved_is_not_held(cached: Tap, cut: bool) -> None:
         drive(a.response(f))
     else:
         receive(a, f, respond(status=500))
-    assert len(a.fresh) == 0 and store.submitted[0].cache_slot is None
+    assert len(a.cache.fresh) == 0 and store.submitted[0].cache_slot is None
     g = request(body=STREAM_BODY if cut else CHAT_BODY, extra=CACHE_ON)
     send(a, g)
     assert g.response is None
@@ -560,8 +561,8 @@ def test_a_cached_stream_is_replayed_as_a_stream(cached: Tap) -> None:
     f = request(body=STREAM_BODY, extra=CACHE_ON)
     send(a, f)
     c = a.calls[f.id].capture
-    assert c is not None and c.cache_save is not None and a.cache is not None
-    a.cache.put(
+    assert c is not None and c.cache_save is not None and a.cache.file is not None
+    a.cache.file.put(
         c.cache_save.keys(), saved_entry(c, AS_ASKED, streamed=True, content_type="text/event-stream"), 60
     )
 
@@ -592,8 +593,8 @@ def test_no_hit_for_a_different_call(
     first = request(extra=CACHE_ON)
     send(a, first)
     c = a.calls[first.id].capture
-    assert c is not None and c.cache_save is not None and a.cache is not None
-    a.cache.put(c.cache_save.keys(), saved_entry(c), 3600)
+    assert c is not None and c.cache_save is not None and a.cache.file is not None
+    a.cache.file.put(c.cache_save.keys(), saved_entry(c), 3600)
 
     f = request(body=body, extra=extra)
     if auth is not None:
@@ -677,7 +678,7 @@ def test_a_failing_cache_lookup_is_a_miss(
     cached: Tap, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     a, _, store = cached
-    monkeypatch.setattr(a.cache, "get", boom)
+    monkeypatch.setattr(a.cache.file, "get", boom)
     f = request(extra=CACHE_ON)
     with caplog.at_level(logging.ERROR, logger="llmtap.proxy.addon"):
         send(a, f)
@@ -692,7 +693,7 @@ def test_a_failing_cache_lookup_is_a_miss(
 
 def test_without_a_cache_store_a_read_is_a_miss(tap: Tap) -> None:
     a, _, store = tap
-    assert a.cache is None
+    assert a.cache.file is None
     f = request(extra=CACHE_ON)
     send(a, f)
     receive(a, f, respond())
@@ -713,7 +714,7 @@ RATE_LIMIT = "rate_limit_error"  # what the openai and anthropic SDKs turn into 
 @pytest.fixture
 def limited(tap: Tap) -> Tap:
     """Buckets on a frozen clock, so nothing refills between calls."""
-    tap[0].buckets = ratelimit.MemoryBuckets(lambda: 1000.0)
+    tap[0].limits.buckets = ratelimit.MemoryBuckets(lambda: 1000.0)
     return tap
 
 
@@ -840,7 +841,7 @@ def test_the_next_call_waits_for_the_last_ones_charge(limited: Tap, monkeypatch:
     """On mitmproxy's loop the charge is priced in a worker thread; a call that comes at once must
     still be admitted against the charged bucket (it awaits the charge; the loop never blocks)."""
     a, _, _ = limited
-    slow_spent = addon_module.spent
+    slow_spent = limits_module.spent
 
     def slow(c: Capture) -> tuple[float | None, int | None]:
         import time
@@ -848,7 +849,7 @@ def test_the_next_call_waits_for_the_last_ones_charge(limited: Tap, monkeypatch:
         time.sleep(0.2)  # pricing that takes long
         return slow_spent(c)
 
-    monkeypatch.setattr(addon_module, "spent", slow)
+    monkeypatch.setattr(limits_module, "spent", slow)
     policy = (("Helicone-RateLimit-Policy", "1000;w=60;u=tokens"),)
 
     async def two_calls() -> http.HTTPFlow:
@@ -858,7 +859,7 @@ def test_the_next_call_waits_for_the_last_ones_charge(limited: Tap, monkeypatch:
         first.response = respond()  # usage: 1200 + 300 tokens
         a.responseheaders(first)
         assert a.response(first) is None
-        assert len(a._charging) == 1, "priced off the loop"
+        assert len(a.limits.charging) == 1, "priced off the loop"
         second = request(extra=policy)
         a.requestheaders(second)
         work = a.request(second)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from llmtap.storage.cachestore import CacheStore, Entry
+from llmtap.accounting.entry import Entry
+from llmtap.storage.cachestore import CacheStore
 
 from . import samples
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from llmtap.accounting.entry import Entry
 from llmtap.cli import main
-from llmtap.storage.cachestore import CacheStore, Entry
+from llmtap.storage.cachestore import CacheStore
 from llmtap.storage.migrations import migrate
 
 RULES = """\

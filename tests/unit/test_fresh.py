@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import gzip
 
+from llmtap.accounting.entry import Entry
 from llmtap.proxy.fresh import FreshEntries
-from llmtap.storage.cachestore import Entry
 
 from . import samples
 

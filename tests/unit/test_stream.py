@@ -185,7 +185,7 @@ def test_an_error_while_stripping_stops_stripping(monkeypatch: pytest.MonkeyPatc
     first = samples.sse(samples.openai_chunks("final")[0])
     rest = INJECTED[len(first) :]
     assert t(first) == [samples.sse(samples.openai_chunks("none")[0])]
-    monkeypatch.setattr(tee_module, "_client_view", lambda raw: 1 / 0)
+    monkeypatch.setattr(tee_module, "client_view", lambda raw: 1 / 0)
     assert b"".join(t(rest)) == rest
     assert t(b"") == b""
     assert t.failed is not None and "ZeroDivisionError" in t.failed
@@ -198,7 +198,7 @@ def test_an_error_while_stripping_loses_no_buffered_bytes(monkeypatch: pytest.Mo
     cut = len(first_upstream) + 20  # one whole event plus the start of the next
     received = b"".join(t(INJECTED[:cut]))
     assert received == first_client
-    monkeypatch.setattr(tee_module, "_client_view", lambda raw: 1 / 0)
+    monkeypatch.setattr(tee_module, "client_view", lambda raw: 1 / 0)
     received += b"".join(t(INJECTED[cut:]))
     received += t(b"")
     assert received == first_client + INJECTED[len(first_upstream) :]

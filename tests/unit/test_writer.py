@@ -15,12 +15,13 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from llmtap.accounting.entry import Entry
 from llmtap.accounting.record import COLUMNS, Capture, Feedback, PropertyUpdate, Score, to_row
 from llmtap.policy import cache_keys
 from llmtap.policy.cache_keys import Lookup
 from llmtap.policy.values import CachePolicy
 from llmtap.storage import writer as store_module
-from llmtap.storage.cachestore import CacheStore, Entry
+from llmtap.storage.cachestore import CacheStore
 from llmtap.storage.writer import Store
 from llmtap.wire.helicone import CallMeta
 

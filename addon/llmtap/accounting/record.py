@@ -17,11 +17,11 @@ from typing import Any
 from mitmproxy.net import encoding as net_encoding
 
 from llmtap.accounting import pricing, usage
+from llmtap.accounting.entry import Entry
 from llmtap.policy.cache_keys import Lookup
-from llmtap.proxy.stream import client_view_of
-from llmtap.storage.cachestore import Entry
 from llmtap.wire.helicone import CallMeta
 from llmtap.wire.providers import path_model
+from llmtap.wire.stream_usage import client_view_of
 
 logger = logging.getLogger(__name__)
 

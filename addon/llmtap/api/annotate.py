@@ -11,12 +11,8 @@ import os
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-import duckdb
-
-from llmtap.storage.migrations import migrate
 from llmtap.storage.query import QueryError
 
 
@@ -89,23 +85,13 @@ def _write(kind: str, request_id: str, body: dict[str, Any], db: str) -> None:
     """Into the file, with the writer's own statements (imported here: they cost ~0.3 s to load,
     which only this path pays)."""
     from llmtap.accounting.record import Feedback, PropertyUpdate, Score
-    from llmtap.storage.writer import write_annotations
+    from llmtap.storage.writer import annotate_file
 
-    if not Path(db).exists():
-        raise QueryError(f"no database at {db}, and no proxy answered to take the {kind}")
-    try:
-        conn = duckdb.connect(db)
-    except duckdb.IOException as e:
-        raise QueryError(f"{db} is held by a running proxy whose local API is off (llmtap_api): {e}") from e
-    with conn:
-        migrate(conn)
-        if conn.execute("SELECT 1 FROM requests WHERE request_id = ?", [request_id]).fetchone() is None:
-            raise QueryError(f"no request with id {request_id!r} in {db}")
-        now = datetime.now(UTC)
-        if kind == "feedback":
-            notes: list[Any] = [Feedback(request_id, body["rating"], now)]
-        elif kind == "property":
-            notes = [PropertyUpdate(request_id, k, v) for k, v in body["properties"].items()]
-        else:
-            notes = [Score(request_id, name, value, now) for name, value in body["scores"].items()]
-        write_annotations(conn, notes)
+    now = datetime.now(UTC)
+    if kind == "feedback":
+        notes: list[Any] = [Feedback(request_id, body["rating"], now)]
+    elif kind == "property":
+        notes = [PropertyUpdate(request_id, k, v) for k, v in body["properties"].items()]
+    else:
+        notes = [Score(request_id, name, value, now) for name, value in body["scores"].items()]
+    annotate_file(db, request_id, notes, what=kind)

@@ -8,6 +8,8 @@ the entry's `headers` applied (`${ENV}` expanded), `bodyKeyOverride` is merged i
 and the path and query are kept. As in Helicone, a fallback whose status matches its own `onCodes`
 (or that gets no response) hands over to the next; the last one's response stands.
 `first` lets mitmproxy's own first attempt (which streamed nothing, because it failed) count.
+`answer` makes a call's attempts and sets what they got as the flow's response: decoded, so that
+body and `content-encoding` always agree for the client, whatever it accepted.
 """
 
 from __future__ import annotations
@@ -21,12 +23,17 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from mitmproxy import http
+from mitmproxy.net import encoding as net_encoding
+
 from llmtap.policy import retry
 from llmtap.policy.cache_keys import AUTH_HEADERS
 from llmtap.policy.values import Fallback, PolicyError, RetryPolicy, expand_env, fallbacks_policy
-from llmtap.proxy import upstream
+from llmtap.proxy import replies, upstream
+from llmtap.proxy.calls import Call, is_event_stream
 from llmtap.proxy.upstream import Reply
 from llmtap.wire.helicone import HeaderError
+from llmtap.wire.stream_usage import client_view_of
 
 _KEY_HEADERS = frozenset(AUTH_HEADERS)  # the headers that carry an API key, as the cache key reads them
 
@@ -130,3 +137,51 @@ def fallbacks_for(headers: Mapping[str, str], rule: tuple[Fallback, ...]) -> tup
         return fallbacks_policy(data, "")
     except PolicyError as e:  # field is "" for the list itself, else like "[0].target-url"
         raise HeaderError("Helicone-Fallbacks", f"{e.field}: {e.reason}" if e.field else e.reason) from None
+
+
+async def answer(flow: http.HTTPFlow, call: Call, first: Reply | None, tls: ssl.SSLContext) -> None:
+    """Make the call's attempts (retries, then fallbacks) and set the outcome as its response."""
+    c = call.capture
+    assert c is not None
+    req = flow.request
+    target = Target(req.method, req.url, list(req.headers.items(multi=True)), req.raw_content or b"")
+    call.delivered = True
+    out = await deliver(target, call.retry, call.fallbacks, tls, timeout=600.0, first=first)
+    c.retries, c.attempts, c.fallback_index = out.retries, out.attempts, out.fallback_index
+    reply = out.reply
+    if reply.status is None:
+        flow.response = replies.error(
+            c.api, 502, f"llmtap: no response after {len(out.attempts)} attempts: {reply.error}"
+        )
+        return
+    body, fields = identity(reply)
+    call.upstream_body = body
+    if is_event_stream(reply.header_map()) and c.strip_usage and 200 <= reply.status < 300:
+        body = client_view_of(body)
+    flow.response = http.Response.make(reply.status, b"", fields)
+    flow.response.raw_content = body  # as is: `content` would encode it by content-encoding
+    flow.response.headers["content-length"] = str(len(body))
+    if out.fallback_index is not None:
+        flow.response.headers["helicone-fallback-index"] = str(out.fallback_index)
+    flow.response.headers.update(call.rate_headers)
+    flow.response.headers["helicone-id"] = c.meta.request_id
+
+
+def first_reply(resp: http.Response) -> Reply:
+    """mitmproxy's own first attempt at a streamed call, which failed before streaming anything."""
+    return Reply(resp.status_code, list(resp.headers.items(multi=True)), resp.raw_content or b"")
+
+
+def identity(reply: Reply) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """The body llmtap's own client received, decoded, and its headers without content-encoding:
+    body and header then always agree (identity is acceptable to every client), and the row reads
+    the usage from plain JSON. A body that cannot be decoded goes out exactly as it came."""
+    fields = [(k.encode("latin-1"), v.encode("latin-1", "replace")) for k, v in reply.headers]
+    encoding = reply.header_map().get("content-encoding", "identity").strip().lower()
+    if encoding == "identity" or not reply.body:
+        return reply.body, fields
+    try:
+        body = net_encoding.decode(reply.body, encoding)
+    except (ValueError, LookupError):
+        return reply.body, fields
+    return body, [(k, v) for k, v in fields if k.lower() != b"content-encoding"]

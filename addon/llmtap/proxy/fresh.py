@@ -20,8 +20,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from llmtap.accounting.entry import Entry
 from llmtap.accounting.record import Capture, replay_body
-from llmtap.storage.cachestore import Entry
 
 
 @dataclass(slots=True)

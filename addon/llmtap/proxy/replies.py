@@ -11,7 +11,7 @@ import json
 
 from mitmproxy import http
 
-from llmtap.storage.cachestore import Entry
+from llmtap.accounting.entry import Entry
 
 _ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 429: "rate_limit_error"}
 

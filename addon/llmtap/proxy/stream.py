@@ -21,6 +21,7 @@ import re
 import time
 
 from llmtap.wire.sse import EventSplitter
+from llmtap.wire.stream_usage import client_view
 
 logger = logging.getLogger(__name__)
 
@@ -31,9 +32,6 @@ _TOKEN = re.compile(
     rb'"(?:content|text|delta|arguments|partial_json|thinking|reasoning_content|refusal)"'
     rb'\s*:\s*"[^"]'
 )
-_USAGE_NULL = re.compile(rb',\s*"usage"\s*:\s*null')
-_USAGE_ONLY = re.compile(rb'"choices"\s*:\s*\[\s*\]')
-_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 TAIL_BYTES = 64 * 1024
 _EDGE = 64
 
@@ -84,7 +82,7 @@ class StreamTee:
         out: list[bytes] = []
         for i, raw in enumerate(events):
             try:
-                view = _client_view(raw)
+                view = client_view(raw)
             except Exception as e:  # stop rewriting; everything from here on goes out as it came
                 self._failed(e)
                 self._strip = False
@@ -126,18 +124,3 @@ class StreamTee:
             return bytes(self.head)
         sep = b"\n\n" if self.truncated else b""
         return bytes(self.head) + sep + bytes(self.tail)
-
-
-def _client_view(raw: bytes) -> bytes:
-    """The event as the client would have seen it without injected include_usage."""
-    if _USAGE_ONLY.search(raw) and _USAGE_OBJECT.search(raw):
-        return b""
-    if b'"usage"' in raw:
-        return _USAGE_NULL.sub(b"", raw)
-    return raw
-
-
-def client_view_of(body: bytes) -> bytes:
-    """A whole upstream stream as the client received it (for the cache to replay)."""
-    splitter = EventSplitter()
-    return b"".join(_client_view(raw) for raw in splitter.feed(body)) + splitter.flush()

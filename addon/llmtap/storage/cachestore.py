@@ -18,9 +18,11 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from decimal import Decimal
 from pathlib import Path
+
+from llmtap.accounting.entry import Entry
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -50,27 +52,6 @@ CREATE TABLE IF NOT EXISTS entries (
 CREATE INDEX IF NOT EXISTS entries_last_used ON entries (last_used);
 CREATE INDEX IF NOT EXISTS entries_seed ON entries (seed);
 """
-
-
-@dataclass(slots=True)
-class Entry:
-    request_id: str
-    status: int
-    content_type: str
-    streamed: bool
-    body: bytes
-    seed: str = ""
-    provider: str | None = None
-    model: str | None = None
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-    cache_read_tokens: int | None = None
-    cache_write_tokens: int | None = None
-    reasoning_tokens: int | None = None
-    usage_source: str | None = None
-    cost_usd: Decimal | None = None
-    latency_ms: float | None = None
-    created: float = 0.0
 
 
 _ENTRY_COLUMNS = [f.name for f in fields(Entry)]

@@ -27,10 +27,12 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import duckdb
 
+from llmtap.accounting.entry import Entry
 from llmtap.accounting.record import (
     COLUMNS,
     TYPES,
@@ -44,8 +46,9 @@ from llmtap.accounting.record import (
     replay_body,
     to_row,
 )
-from llmtap.storage.cachestore import CacheStore, Entry
+from llmtap.storage.cachestore import CacheStore
 from llmtap.storage.migrations import migrate
+from llmtap.storage.query import QueryError
 
 logger = logging.getLogger(__name__)
 
@@ -353,6 +356,22 @@ def _db_values(row: tuple[Any, ...]) -> list[Any]:
         if values[k] is not None:
             values[k] = str(values[k])
     return values
+
+
+def annotate_file(path: str, request_id: str, notes: list[Annotation], what: str = "annotation") -> None:
+    """Write annotations of one logged call straight into the file (`llmtap feedback` and friends
+    when no proxy answers); a QueryError says why not (no file, held by a proxy, unknown id)."""
+    if not Path(path).exists():
+        raise QueryError(f"no database at {path}, and no proxy answered to take the {what}")
+    try:
+        conn = duckdb.connect(path)
+    except duckdb.IOException as e:
+        raise QueryError(f"{path} is held by a running proxy whose local API is off (llmtap_api): {e}") from e
+    with conn:
+        migrate(conn)
+        if conn.execute("SELECT 1 FROM requests WHERE request_id = ?", [request_id]).fetchone() is None:
+            raise QueryError(f"no request with id {request_id!r} in {path}")
+        write_annotations(conn, notes)
 
 
 def write_annotations(conn: duckdb.DuckDBPyConnection, notes: list[Annotation]) -> None:
