@@ -1,8 +1,8 @@
 """Response cache speed: a cache hit through `mitmdump -s addon/tap.py` vs a bare mitmdump round trip,
 and CacheStore lookups at 100k entries, one run.
 
-What is measured (loopback HTTP/1.1 keep-alive, reverse mode, quiet mitmdump, the in-script fast
-upstream of scripts/bench_overhead.py in its own process):
+What is measured (loopback HTTP/1.1 keep-alive, reverse mode, quiet mitmdump, the fast
+upstream of scripts/benchkit.py in its own process):
 
 - bare mitmdump pass-through: N sequential `POST /v1/chat/completions` on one connection, p50/p99;
 - cache hits through the tap: the same request with `Helicone-Cache-Enabled: true` is sent once (a
@@ -39,12 +39,9 @@ import asyncio
 import json
 import os
 import random
-import shutil
 import sqlite3
 import sys
-import tempfile
 import time
-from collections import Counter
 from collections.abc import Callable
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
@@ -55,8 +52,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [p for p in (str(HERE), str(HERE.parent / "addon")) if p not in sys.path]
 
-import bench_overhead as bo  # noqa: E402
-from bench_overhead import Phase, Proc, Samples, percentile  # noqa: E402
+import benchkit as bk  # noqa: E402
+from benchkit import SENT, Phase, Proc, Samples, call, make_request, percentile  # noqa: E402
 
 from llmtap.policy import cache_keys  # noqa: E402
 from llmtap.storage.cachestore import CacheStore, Entry  # noqa: E402
@@ -85,27 +82,6 @@ QUICK = Counts(2, 300, 200, 300, 100_000, 10_000)
 # --- client ---------------------------------------------------------------------------------------
 
 
-def make_request(port: int, extra: dict[str, str] | None = None) -> bytes:
-    """bench_overhead's chat completion request with extra headers."""
-    head, _, body = bo.http_request(port, bo.BODY).partition(b"\r\n\r\n")
-    lines = "".join(f"\r\n{name}: {value}" for name, value in (extra or {}).items())
-    return head + lines.encode() + b"\r\n\r\n" + body
-
-
-async def call(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
-) -> tuple[int, dict[str, str], float]:
-    start = time.perf_counter()
-    writer.write(request)
-    status, headers = bo.parse_head(await reader.readuntil(b"\r\n\r\n"))
-    if "chunked" in headers.get("transfer-encoding", "").lower():
-        async for _ in bo.chunks(reader):
-            pass
-    else:
-        await reader.readexactly(int(headers.get("content-length", "0")))
-    return status, headers, time.perf_counter() - start
-
-
 @dataclass
 class Seen:
     """Tallies of the response headers a batch got back."""
@@ -123,9 +99,6 @@ class Seen:
         for mine, theirs in ((self.cache, other.cache), (self.bucket_idx, other.bucket_idx)):
             for k, v in theirs.items():
                 mine[k] = mine.get(k, 0) + v
-
-
-SENT: Counter[int] = Counter()  # requests answered, by target port (to check the DuckDB row count)
 
 
 async def sequential(port: int, requests: list[bytes], seen: Seen, twice: bool = False) -> Samples:
@@ -178,7 +151,7 @@ class Variant:
 
     @property
     def median(self) -> Phase:
-        return bo.median_phase(self.rounds)
+        return bk.median_phase(self.rounds)
 
     @property
     def writer_us_per_request(self) -> float:
@@ -211,14 +184,14 @@ async def measure_into(
     for the writer to go idle; its CPU per request includes that drain. Returns the entries saved."""
     seen = Seen()
     before = cache_entries(env.cache_file)
-    w0 = bo.cpu(env.writer)
-    phase = await bo.measure(sequential(port, requests, seen, twice), proxy, env.upstream)
+    w0 = bk.cpu(env.writer)
+    phase = await bk.measure(sequential(port, requests, seen, twice), proxy, env.upstream)
     saved = 0
     if proxy is env.tap:
         if saves:
             saved = (await wait_entries(env.cache_file, before + saves))[0] - before
-        await bo.writer_quiet(env.writer)
-        variant.writer_us.append(1e6 * (bo.cpu(env.writer) - w0) / max(phase.requests, 1))
+        await bk.writer_quiet(env.writer)
+        variant.writer_us.append(1e6 * (bk.cpu(env.writer) - w0) / max(phase.requests, 1))
     variant.rounds.append(phase)
     variant.seen.merge(seen)
     return saved
@@ -240,7 +213,7 @@ async def proxy_phases(env: Env, counts: Counts, log: Callable[[str], None]) -> 
     await sequential(env.tap.port, [hit_req], first)
     entries, waited = await wait_entries(env.cache_file, before + 1)
     await sequential(env.tap.port, [hit_req] * counts.warmup, Seen())  # warm the hit path
-    await bo.writer_quiet(env.writer)
+    await bk.writer_quiet(env.writer)
     fill = {"first_reply": first.cache, "saved": entries - before, "save_wait_ms": 1000 * waited}
 
     direct = Variant("direct to upstream (reference)")
@@ -279,7 +252,7 @@ async def proxy_phases(env: Env, counts: Counts, log: Callable[[str], None]) -> 
     entries, _ = await wait_entries(env.cache_file, before + BUCKET)
     bucket = Variant(f"tap, cache HIT, bucket of {BUCKET}")
     await sequential(env.tap.port, [bucket_req] * counts.warmup, Seen())
-    await bo.writer_quiet(env.writer)
+    await bk.writer_quiet(env.writer)
     await measure_into(bucket, env, env.tap, env.tap.port, [bucket_req] * counts.bucket_requests)
 
     return {
@@ -302,11 +275,11 @@ def _reply_body(words: int = 75) -> str:
     message = {"role": "assistant", "content": content, "refusal": None, "annotations": []}
     choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}
     doc = {
-        **bo.BASE,
+        **bk.BASE,
         "id": "chatcmpl-@ID@",
         "object": "chat.completion",
         "choices": [choice],
-        "usage": bo.USAGE,
+        "usage": bk.USAGE,
     }
     return json.dumps(doc, separators=(",", ":"))
 
@@ -362,7 +335,7 @@ def lookups(tmp: Path, counts: Counts, log: Callable[[str], None]) -> dict[str, 
     def hot_path_key() -> None:  # what the addon does per request before the SQLite lookup
         p = cache_keys.policy_for(lowered, None)
         assert p is not None
-        cache_keys.lookup_for(p, "POST", "127.0.0.1:1234", "/v1/chat/completions", bo.BODY, lowered)
+        cache_keys.lookup_for(p, "POST", "127.0.0.1:1234", "/v1/chat/completions", bk.BODY, lowered)
 
     key_us = Timing.of(_timed(hot_path_key, samples), samples)
 
@@ -415,40 +388,25 @@ def _size(path: Path) -> int:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     counts = QUICK if args.quick else DEFAULT
-    tmp = Path(tempfile.mkdtemp(prefix="llmtap-bench-cache-"))
-    t0 = time.monotonic()
-
-    def log(message: str) -> None:
-        print(f"  [{time.monotonic() - t0:6.1f} s] {message}", file=sys.stderr, flush=True)
-
-    started: list[Proc] = []
     result: dict[str, Any] = {}
-    try:
+    with bk.workspace("bench-cache", args.keep) as ws:
+        tmp, log, started = ws.tmp, ws.log, ws.started
         log(f"starting upstream and 2 mitmdumps (bare, tap) in {tmp}")
-        upstream = bo.start_upstream("fast", tmp)
+        upstream = bk.start_upstream("fast", tmp)
         started.append(upstream)
-        bare = bo.start_proxy("bare", upstream.port, tmp, [])
+        bare = bk.start_proxy("bare", upstream.port, tmp, [])
         started.append(bare)
-        tap = bo.start_tap("tap", upstream.port, tmp, started)
-        bo.wait_ready(bare)
-        env = Env(upstream, bare, tap, bo.writer_pid(tap.pid), tmp / "tap-cache.sqlite")
+        tap = bk.start_tap("tap", upstream.port, tmp, started)
+        bk.wait_ready(bare)
+        env = Env(upstream, bare, tap, bk.writer_pid(tap.pid), tmp / "tap-cache.sqlite")
         result["proxies"] = asyncio.run(proxy_phases(env, counts, log))
         result["cache_entries_at_end"] = cache_entries(env.cache_file)
-        result["log_errors"] = {p.name: bo.count_log_errors(p)[:5] for p in (bare, tap)}
-        result["tap_rc"] = bo.stop(tap)  # SIGTERM flushes the writer queue
-        result["tap_rows"] = bo.count_rows(tmp / "tap.duckdb")
+        result["log_errors"] = {p.name: bk.log_lines(p)[:5] for p in (bare, tap)}
+        result["tap_rc"] = bk.stop(tap)  # SIGTERM flushes the writer queue
+        result["tap_rows"] = bk.count_rows(tmp / "tap.duckdb")
         result["tap_sent"] = SENT[tap.port]
-        for proc in reversed(started):
-            bo.stop(proc)
+        ws.stop_all()
         result["lookups"] = lookups(tmp, counts, log)
-    finally:
-        for proc in reversed(started):
-            bo.stop(proc)
-        if args.keep:
-            print(f"kept {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
-    log("done")
     result["counts"] = asdict(counts)
     result["cores"] = os.cpu_count()
     return result
@@ -476,17 +434,17 @@ def summary(r: dict[str, Any]) -> list[Row]:
     entries = f"{lk['entries'] // 1000}k" if lk["entries"] % 1000 == 0 else f"{lk['entries']:,}"
     return [
         Row("cache hit p50 / bare p50", f"{ratio:.3f}x", f"<= {TARGET_HIT_RATIO}x",
-            bo.verdict(ratio <= TARGET_HIT_RATIO)),
+            bk.verdict(ratio <= TARGET_HIT_RATIO)),
         Row("cache hit p99 / bare p99", f"{hit.p99_ms / bare.p99_ms:.3f}x", "info", ""),
         Row("back-to-back hit p50 / bare p50", f"{b2b.p50_ms / bare.p50_ms:.3f}x", f"<= {TARGET_HIT_RATIO}x",
-            bo.verdict(b2b.p50_ms / bare.p50_ms <= TARGET_HIT_RATIO)),
+            bk.verdict(b2b.p50_ms / bare.p50_ms <= TARGET_HIT_RATIO)),
         Row("back-to-back requests answered HIT", f"{b2b_hits}/{b2b_sent}", "all",
-            bo.verdict(b2b_hits == b2b_sent)),
+            bk.verdict(b2b_hits == b2b_sent)),
         Row("tap miss p50 / bare p50", f"{miss.p50_ms / bare.p50_ms:.3f}x", "info", ""),
         Row(f"bucket-of-{BUCKET} hit p50 / bare p50", f"{bucket.p50_ms / bare.p50_ms:.3f}x", "info", ""),
-        Row("hit requests answered HIT", f"{hits}/{sent}", "all", bo.verdict(hits == sent)),
+        Row("hit requests answered HIT", f"{hits}/{sent}", "all", bk.verdict(hits == sent)),
         Row(f"bucket-of-{BUCKET} requests answered HIT", f"{b_hits}/{b_sent}", "all",
-            bo.verdict(b_hits == b_sent)),
+            bk.verdict(b_hits == b_sent)),
         Row(f"pick() at {entries} entries, existing p50", f"{lk['existing'].p50_us:.1f} us", "info", ""),
         Row(f"pick() at {entries} entries, missing p50", f"{lk['missing'].p50_us:.1f} us", "info", ""),
     ]  # fmt: skip
@@ -502,7 +460,7 @@ def report(r: dict[str, Any]) -> str:
     out = [
         "llmtap response cache: hit through mitmdump -s addon/tap.py vs bare mitmdump "
         "(reverse mode, loopback, HTTP/1.1)",
-        f"upstream: bench_overhead's in-script asyncio server (own process); {r['cores']} cores; "
+        f"upstream: benchkit's asyncio server (own process); {r['cores']} cores; "
         f"{c['rounds']} interleaved rounds x {c['seq_requests']} sequential requests per path on one "
         "keep-alive connection; medians of the rounds' percentiles",
         "",
@@ -579,18 +537,10 @@ def to_plain(obj: Any) -> Any:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small counts, under a minute")
-    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    parser.add_argument(
-        "--keep", action="store_true", help="keep the temp dir (logs, DuckDB and SQLite files)"
-    )
-    args = parser.parse_args()
+    args = bk.arguments(__doc__, keep="logs, DuckDB and SQLite files").parse_args()
     result = run(args)
     print(report(result))
-    if args.json:
-        payload = bo.to_json(to_plain({"summary": summary(result)} | result))
-        Path(args.json).write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    bk.write_json(args.json, to_plain({"summary": summary(result)} | result))
 
 
 if __name__ == "__main__":

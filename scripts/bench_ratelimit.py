@@ -1,9 +1,9 @@
 """Rate-limit overhead: an allowed rate-limited call vs no policy through `mitmdump -s addon/tap.py`,
 and the cost of a denied (local 429) call, one run.
 
-What is measured (loopback HTTP/1.1 keep-alive, reverse mode, quiet mitmdump, bench_overhead.py's
-in-script fast upstream in its own process, here with a request counter that this script reads over a
-direct connection):
+What is measured (loopback HTTP/1.1 keep-alive, reverse mode, quiet mitmdump, benchkit.py's
+fast upstream in its own process, with the request counter that this script reads over a direct
+connection):
 
 - proxy A, `mitmdump -s addon/tap.py` with no rules file (`--set llmtap_rules=`):
   - no policy: the baseline;
@@ -41,14 +41,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import re
-import shutil
-import signal
 import statistics
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -59,13 +54,12 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [p for p in (str(HERE), str(HERE.parent / "addon")) if p not in sys.path]
 
-import bench_cache as bc  # noqa: E402
-import bench_overhead as bo  # noqa: E402
-from bench_overhead import Phase, Proc, Samples, percentile  # noqa: E402
+import benchkit as bk  # noqa: E402
+from benchkit import SENT, Phase, Proc, Samples, call, make_request, percentile, upstream_count  # noqa: E402
 
 from llmtap.policy import ratelimit, rules  # noqa: E402
 
-CLIENTS = bo.CLIENTS
+CLIENTS = bk.CLIENTS
 TARGET_ADDED_MS = 0.1
 BIG = "1000000;w=60"
 USERS = 100
@@ -77,10 +71,8 @@ rules:
     match: {{}}
     rate_limit: {{quota: 1000000, window: 60s}}
 """
-COUNT_QUERY = b'{"llmtap_bench":"count"}'
 REMAINING = "helicone-ratelimit-remaining"
 POLICY = "Helicone-RateLimit-Policy"
-SENT: Counter[int] = Counter()  # requests answered, by target port (to check the DuckDB row count)
 
 
 @dataclass(frozen=True)
@@ -96,59 +88,13 @@ DEFAULT = Counts(15, 300, 0.6, 300, 20_000)
 QUICK = Counts(4, 150, 0.3, 150, 5_000)
 
 
-# --- the upstream: bench_overhead's, counting the requests it answers -----------------------------
-
-
-class CountingUpstream(bo.Upstream):
-    served = 0
-
-    def reply(self, body: bytes) -> None:
-        if body == COUNT_QUERY:  # sent straight to the upstream by this script, never through a proxy
-            text = str(CountingUpstream.served).encode()
-            head = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n\r\n" % len(text)
-            self.write(head + text)
-            return
-        CountingUpstream.served += 1
-        super().reply(body)
-
-
-def serve_upstream(port: int) -> None:
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(CountingUpstream, "127.0.0.1", port, backlog=512)
-        async with server:
-            await server.serve_forever()
-
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    asyncio.run(main())
-
-
-def start_upstream(tmp: Path) -> Proc:
-    port = bo.free_port()
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-upstream", str(port)]
-    proc = bo.spawn("upstream", cmd, port, tmp)
-    bo.wait_ready(proc, settle=0.2)
-    return proc
-
-
-async def upstream_count(port: int) -> int:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(bo.http_request(port, COUNT_QUERY))
-        _, headers = bo.parse_head(await reader.readuntil(b"\r\n\r\n"))
-        return int(await reader.readexactly(int(headers["content-length"])))
-    finally:
-        writer.close()
-
-
 # --- proxies --------------------------------------------------------------------------------------
 
 
 def log_notes(proc: Proc) -> tuple[int, list[str]]:
     """Error lines and the addon's own lines (e.g. "the writer process is behind; N records dropped")
     of a proxy's log: how many, and the last 5."""
-    text = proc.log.read_text(errors="replace") if proc.log.exists() else ""
-    lines = [line for line in text.splitlines() if re.search(r"error|Traceback|crashed|llmtap:", line, re.I)]
+    lines = bk.log_lines(proc, r"error|Traceback|crashed|llmtap:")
     return len(lines), lines[-5:]
 
 
@@ -187,7 +133,7 @@ class Row:
     tally: Tally = field(default_factory=Tally)
 
     def median(self, clients: str) -> Phase:
-        return bo.median_phase(getattr(self, clients))
+        return bk.median_phase(getattr(self, clients))
 
     def writer_us(self, clients: str) -> float:
         """The llmtap-writer's CPU per request over all the rounds (one batch's flush may land in the
@@ -230,7 +176,7 @@ async def load(port: int, requests: list[bytes], clients: int, tally: Tally, exp
                 left[0] -= 1
                 request = requests[nxt[0] % len(requests)]
                 nxt[0] += 1
-                status, headers, latency = await bc.call(reader, writer, request)
+                status, headers, latency = await call(reader, writer, request)
                 out.latencies.append(latency)
                 out.errors += status != expect
                 tally.add(status, headers)
@@ -253,13 +199,13 @@ class Env:
 async def batch(row: Row, env: Env, requests: list[bytes], clients: int, counts: Counts) -> None:
     proxy, writer = env.proxies[row.proxy], env.writers[row.proxy]
     key = "c1" if clients == 1 else "c10"
-    up0, w0 = await upstream_count(env.upstream.port), bo.cpu(writer)
+    up0, w0 = await upstream_count(env.upstream.port), bk.cpu(writer)
     if clients == 1:
         work = load(proxy.port, requests, 1, row.tally, row.expect, count=counts.seq_requests)
     else:
         work = load(proxy.port, requests, clients, row.tally, row.expect, seconds=counts.conc_seconds)
-    phase = await bo.measure(work, proxy, env.upstream)
-    w1, up1 = bo.cpu(writer), await upstream_count(env.upstream.port)
+    phase = await bk.measure(work, proxy, env.upstream)
+    w1, up1 = bk.cpu(writer), await upstream_count(env.upstream.port)
     getattr(row, key).append(phase)
     row.writer_cpu[key].append(w1 - w0)
     row.tally.upstream_expected += phase.requests if row.expect == 200 else 0
@@ -269,7 +215,7 @@ async def batch(row: Row, env: Env, requests: list[bytes], clients: int, counts:
 async def spend(env: Env) -> dict[str, Any]:
     """Use up the denied row's quota of 1: the first call passes (200), the next is a 429."""
     port = env.proxies["A"].port
-    request = bc.make_request(port, {POLICY: DENY})
+    request = make_request(port, {POLICY: DENY})
     seen = Tally()
     up0 = await upstream_count(env.upstream.port)
     await load(port, [request], 1, seen, 200, count=2)
@@ -278,9 +224,7 @@ async def spend(env: Env) -> dict[str, Any]:
 
 
 async def phases(env: Env, rows: list[Row], counts: Counts, log: Callable[[str], None]) -> dict[str, Any]:
-    requests = {
-        row.key: [bc.make_request(env.proxies[row.proxy].port, h) for h in row.headers] for row in rows
-    }
+    requests = {row.key: [make_request(env.proxies[row.proxy].port, h) for h in row.headers] for row in rows}
     log("spending the denied row's quota")
     spent = await spend(env)
     log(f"warm-up: {counts.warmup} requests per row at {CLIENTS} clients")
@@ -307,7 +251,7 @@ def machine_busy() -> float:
 
 
 def own_cpu(pids: list[int | None]) -> float:
-    return sum(v for v in (bo.cpu(pid) for pid in pids) if v == v) + time.process_time()
+    return sum(v for v in (bk.cpu(pid) for pid in pids) if v == v) + time.process_time()
 
 
 # --- the rate-limit path in this process ----------------------------------------------------------
@@ -356,26 +300,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     counts = QUICK if args.quick else DEFAULT
     if args.rounds:
         counts = replace(counts, rounds=args.rounds)
-    tmp = Path(tempfile.mkdtemp(prefix="llmtap-bench-ratelimit-"))
-    t0 = time.monotonic()
-
-    def log(message: str) -> None:
-        print(f"  [{time.monotonic() - t0:6.1f} s] {message}", file=sys.stderr, flush=True)
-
-    started: list[Proc] = []
     rows = make_rows()
     result: dict[str, Any] = {}
-    try:
+    with bk.workspace("bench-ratelimit", args.keep) as ws:
+        tmp, log, started = ws.tmp, ws.log, ws.started
         log(f"starting upstream and 2 tap mitmdumps (A: no rules, B: rules.yaml) in {tmp}")
         rules_file = tmp / "rules.yaml"
         rules_file.write_text(RULES_YAML)
-        upstream = start_upstream(tmp)
+        upstream = bk.start_upstream("fast", tmp)
         started.append(upstream)
         # cwd is tmp, where A would pick ./rules.yaml up by default: name none explicitly
-        a = bo.start_tap("tap-A", upstream.port, tmp, started, ["--set", "llmtap_rules="])
-        b = bo.start_tap("tap-B", upstream.port, tmp, started, ["--set", f"llmtap_rules={rules_file}"])
+        a = bk.start_tap("tap-A", upstream.port, tmp, started, ["--set", "llmtap_rules="])
+        b = bk.start_tap("tap-B", upstream.port, tmp, started, ["--set", f"llmtap_rules={rules_file}"])
         proxies = {"A": a, "B": b}
-        env = Env(upstream, proxies, {k: bo.writer_pid(p.pid) for k, p in proxies.items()})
+        env = Env(upstream, proxies, {k: bk.writer_pid(p.pid) for k, p in proxies.items()})
         pids = [upstream.pid, a.pid, b.pid, *env.writers.values()]
         busy0, own0, wall0 = machine_busy(), own_cpu(pids), time.monotonic()
         result["run"] = asyncio.run(phases(env, rows, counts, log))
@@ -384,20 +322,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["loadavg"] = Path("/proc/loadavg").read_text().split()[:3]
         result["log_notes"] = {p.name: log_notes(p) for p in proxies.values()}
         for key, proc in proxies.items():
-            result[f"rc_{key}"] = bo.stop(proc)  # SIGTERM flushes the writer queue
-            result[f"rows_{key}"] = bo.count_rows(tmp / f"{proc.name}.duckdb")
+            result[f"rc_{key}"] = bk.stop(proc)  # SIGTERM flushes the writer queue
+            result[f"rows_{key}"] = bk.count_rows(tmp / f"{proc.name}.duckdb")
             result[f"sent_{key}"] = SENT[proc.port]
-        for proc in reversed(started):
-            bo.stop(proc)
+        ws.stop_all()
         result["inprocess"] = inprocess(tmp, counts.inprocess, log)
-    finally:
-        for proc in reversed(started):
-            bo.stop(proc)
-        if args.keep:
-            print(f"kept {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
-    log("done")
     result["rows"] = rows
     result["counts"] = asdict(counts)
     result["cores"] = os.cpu_count()
@@ -437,7 +366,7 @@ def report(r: dict[str, Any]) -> str:
     out = [
         "llmtap rate limits: allowed and denied rate-limited calls vs no policy, through "
         "mitmdump -s addon/tap.py (reverse mode, loopback, HTTP/1.1 keep-alive)",
-        f"upstream: bench_overhead's in-script asyncio server with a request counter (own process); "
+        f"upstream: benchkit's asyncio server, which counts the calls it answers (own process); "
         f"{r['cores']} cores; {c['rounds']} interleaved rounds, each row per round: {c['seq_requests']} "
         f"sequential requests on one connection, then {c['conc_seconds']:g} s at {CLIENTS} connections; "
         "medians of the rounds; +p50, ratio and +us (proxy CPU) are medians of the within-round differences "
@@ -537,21 +466,12 @@ def to_plain(obj: Any) -> Any:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small counts, under a minute")
-    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, DuckDB files)")
+    parser = bk.arguments(__doc__)
     parser.add_argument("--rounds", type=int, metavar="N", help="override the number of rounds")
-    parser.add_argument("--serve-upstream", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.serve_upstream:
-        serve_upstream(args.serve_upstream)
-        return
     result = run(args)
     print(report(result))
-    if args.json:
-        payload = bo.to_json(to_plain({"verdict": verdict(result)} | result))
-        Path(args.json).write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    bk.write_json(args.json, to_plain({"verdict": verdict(result)} | result))
 
 
 if __name__ == "__main__":

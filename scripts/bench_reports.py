@@ -1,7 +1,8 @@
 """Built-in report speed at 10M rows, and the writer's ingest rate, one run.
 
-What is measured (issue 5: every built-in report < 1 s on this machine at 10M rows; writer ingest
->= 50k rows/s):
+What is measured (issue 5: every built-in report < 1 s on this machine at 10M rows; the writer's
+ingest rates, for information: its target, capacity >= 3x the proxy's throughput, is checked by
+bench_overhead.py, where the proxy and its writer run together):
 
 - a temp DuckDB file is migrated and filled, inside DuckDB (`INSERT ... SELECT ... FROM range(N)`,
   values derived from `hash(i * 128 + k)`, so every run builds the same data), with N synthetic
@@ -29,7 +30,7 @@ What is measured (issue 5: every built-in report < 1 s on this machine at 10M ro
   (`batch_size` 5,000 rows per flush, each flush attaching the file to the writer's in-memory
   DuckDB, checking migrations, appending with DuckDB's appender, committing, which checkpoints the
   batch straight into the file, and detaching), into a fresh file and appended to the big file:
-  rows/s, target >= 50k; and the same rows without bodies (as Helicone-Omit-Request/-Response store
+  rows/s; and the same rows without bodies (as Helicone-Omit-Request/-Response store
   them) into a fresh file. One flush is also taken apart step by step, and with short bodies, to
   show where the time goes; (b) end to end: a started `Store` fed captures through `submit` (20,000;
   --quick 5,000), its thread running `to_row` (body decoding and usage extraction, genai-prices
@@ -66,11 +67,10 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-ADDON = HERE.parent / "addon"
-if str(ADDON) not in sys.path:
-    sys.path.insert(0, str(ADDON))
+sys.path[:0] = [p for p in (str(HERE), str(HERE.parent / "addon")) if p not in sys.path]
 
 import duckdb  # noqa: E402
+from benchkit import arguments, child_env, verdict, write_json  # noqa: E402
 
 from llmtap import cli  # noqa: E402
 from llmtap.accounting import pricing, usage  # noqa: E402
@@ -82,7 +82,6 @@ from llmtap.wire.helicone import CallMeta  # noqa: E402
 from llmtap.wire.providers import path_model  # noqa: E402
 
 REPORT_TARGET_S = 1.0
-INGEST_TARGET = 50_000  # rows/s
 RUNS = 3
 DAYS = 90
 USERS = 2_000
@@ -423,12 +422,6 @@ def report_cases() -> list[list[str]]:
     return cases
 
 
-def _subprocess_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ADDON), env.get("PYTHONPATH", "")) if p)
-    return env
-
-
 def _run_inprocess(argv: list[str]) -> float:
     t = time.perf_counter()
     rc = cli.main(argv)
@@ -454,7 +447,7 @@ def _stats(values: list[float]) -> dict[str, Any]:
 
 
 def time_reports(db: Path, tmp: Path, log: Callable[[str], None]) -> dict[str, Any]:
-    env = _subprocess_env()
+    env = child_env()
     out = tmp / "report.csv"
     start = [_run_subprocess(["--version"], env) for _ in range(RUNS)]
     _run_inprocess(["report", "summary", "--db", str(db), "--format", "csv", "--out", str(out)])  # warm-up
@@ -865,7 +858,6 @@ def insert_path(path: Path, rows: list[tuple[Any, ...]]) -> dict[str, Any]:
         "flushes": len(flush_ms),
         "flush_p50_ms": statistics.median(flush_ms),
         "flush_max_ms": flush_ms[-1],
-        "pass": len(rows) / elapsed >= INGEST_TARGET,
     }
 
 
@@ -1043,10 +1035,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
-
-
 def summary(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     """(what, measured, ratio to target, target, verdict) rows, targets first."""
     reps = r["reports"]
@@ -1101,28 +1089,28 @@ def summary(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         (
             f"writer insert path, fresh file ({BATCH:,}-row flushes)",
             f"{fresh['rows_per_s']:,.0f} rows/s",
-            f"{fresh['rows_per_s'] / INGEST_TARGET:.2f}x",
-            f">= {INGEST_TARGET // 1000}k/s",
-            verdict(fresh["pass"]),
+            "",
+            "info",
+            "",
         ),
         (
             f"writer insert path, appended to the {rows_}-row file",
             f"{appended['rows_per_s']:,.0f} rows/s",
-            f"{appended['rows_per_s'] / INGEST_TARGET:.2f}x",
-            f">= {INGEST_TARGET // 1000}k/s",
-            verdict(appended["pass"]),
+            "",
+            "info",
+            "",
         ),
         (
             "writer insert path, rows without bodies, fresh file",
             f"{ing['insert_no_bodies']['rows_per_s']:,.0f} rows/s",
-            f"{ing['insert_no_bodies']['rows_per_s'] / INGEST_TARGET:.2f}x",
-            f">= {INGEST_TARGET // 1000}k/s",
-            verdict(ing["insert_no_bodies"]["pass"]),
+            "",
+            "info",
+            "",
         ),
         (
             "writer end to end (submit -> to_row -> flush)",
             f"{e2e['rows_per_s']:,.0f} rows/s",
-            f"{e2e['rows_per_s'] / INGEST_TARGET:.2f}x",
+            "",
             "info",
             "CPU-bound on to_row",
         ),
@@ -1141,14 +1129,12 @@ def render(r: dict[str, Any]) -> str:
     out += [f"{a:<58}{b:>16}{c:>8}  {d:<11}{e}" for a, b, c, d, e in summary(r)]
     e2e, fresh, bd = ing["end_to_end"], ing["insert_fresh"], ing["flush_breakdown_ms"]
     to_row_us = {k: v["to_row"] for k, v in ing["to_row_us"].items()}
-    target_k = f"{INGEST_TARGET // 1000}k"
     kinds = ing["to_row_us"].values()
     stream_usage = _mean_share([k for k in kinds if k["ok"] and k["streamed"]], "usage")
     json_pricing = _mean_share([k for k in kinds if k["ok"] and not k["streamed"]], "pricing")
     out += [
         "",
-        f"The {target_k} rows/s target applies to the insert path (Store.flush of pre-built rows): "
-        f"{verdict(fresh['pass'])}, {fresh['rows_per_s']:,.0f} rows/s",
+        f"The insert path (Store.flush of pre-built rows): {fresh['rows_per_s']:,.0f} rows/s",
         f"= {1e6 / fresh['rows_per_s']:.0f} us per row; a {BATCH:,}-row flush took "
         f"{fresh['flush_p50_ms']:.0f} ms (p50). Its steps, timed apart: ATTACH "
         f"{bd['attach_ms']:.0f} ms,",
@@ -1225,18 +1211,16 @@ def _mean_share(kinds: list[dict[str, Any]], part: str) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="1M rows and fewer ingest rows, under a minute")
+    parser = arguments(
+        __doc__, keep="the DuckDB files", quick="1M rows and fewer ingest rows, under a minute"
+    )
     parser.add_argument("--rows", type=int, help="synthetic requests rows (default 10,000,000; --quick 1M)")
-    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    parser.add_argument("--keep", action="store_true", help="keep the temp dir (the DuckDB files)")
     args = parser.parse_args()
     if args.rows is not None and args.rows < 10_000:
         parser.error("--rows must be at least 10,000")
     result = run(args)
     print(render(result))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2, default=str) + "\n")
+    write_json(args.json, result)
 
 
 if __name__ == "__main__":
