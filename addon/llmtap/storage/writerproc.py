@@ -6,7 +6,7 @@ throughput; the hooks alone cost ~9 %. So `submit` only appends the `Capture` to
 `HANDOFF_SECONDS` (or once `HANDOFF_BATCH` are waiting) the list goes, as one item, into a bounded
 inter-process queue (`put_nowait`: a full queue drops and counts, it never waits), which wakes
 the queue's feeder thread once per batch instead of once per call. A `llmtap-writer` process
-runs store.Store's loop on the other side.
+runs writer.Store's loop on the other side.
 
 The child is started with the `spawn` method (mitmdump has threads; forking it is unsafe). It stops
 only on the sentinel that `close()` sends, after a last flush; if mitmdump dies without one
