@@ -28,4 +28,13 @@ fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 # Pinned (scripts/constraints.txt); scripts/test-latest.sh tries the newest releases instead.
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -c scripts/constraints.txt -e '.[dev]'
+# The client matrix runs the openai npm package on Node and curl (tests/e2e/test_clients.py).
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1 || ! command -v curl >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "setup: installing nodejs, npm and curl (Debian packages)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm curl >/dev/null
+  else
+    echo "setup: warning: node, npm and curl are needed by the client tests; install them" >&2
+  fi
+fi
 echo "setup: ready ($(.venv/bin/python --version), llmtap $(.venv/bin/python -c 'import llmtap; print(llmtap.__version__)'))"

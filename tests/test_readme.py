@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from llmtap import cli
+from llmtap.launch import run
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
@@ -58,7 +59,8 @@ def _subparsers(
 def test_every_flag_of_every_command_is_in_the_readme() -> None:
     """The README is compared with each command's --help: every long option must be explained."""
     missing = []
-    for command, sub in _subparsers(cli._parser()):
+    commands = [*_subparsers(cli._parser()), ("llmtap run", run.parser())]  # run parses its own
+    for command, sub in commands:
         assert sub.format_help(), command
         for action in sub._actions:
             for flag in action.option_strings:

@@ -28,6 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["proxy"] and argv[1:2] not in (["-h"], ["--help"]):
         return run_proxy(argv[1:])  # everything after `proxy` belongs to mitmdump, untouched
+    if argv[:1] == ["run"]:
+        from llmtap.launch import run
+
+        return run.main(argv[1:])  # its own parser: options for mitmdump, then -- COMMAND
     parser = _parser()
     args = parser.parse_args(argv)
     if getattr(args, "format", None) == "parquet" and getattr(args, "out", None) is None:
@@ -35,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except query.QueryError as e:
+        print(f"llmtap: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # e.g. a config dir that cannot be written
         print(f"llmtap: {e}", file=sys.stderr)
         return 1
 
@@ -47,6 +54,18 @@ def _parser() -> argparse.ArgumentParser:
     proxy = sub.add_parser("proxy", help="run mitmdump with the llmtap addon (extra args go to mitmdump)")
     proxy.add_argument("mitmdump_args", nargs="*", help="e.g. --mode reverse:https://api.openai.com")
     proxy.set_defaults(func=cmd_proxy)
+
+    sub.add_parser(
+        "run", help="run a command with its LLM calls through llmtap, then print their cost", add_help=False
+    )  # fmt: skip  (main hands `run` to llmtap.launch.run)
+    env = sub.add_parser("env", help="print shell exports that send a shell's LLM calls through a proxy")
+    env.add_argument("--proxy", default="http://127.0.0.1:8080", help="the proxy (default: %(default)s)")
+    env.add_argument("--api", help="the proxy's local API, exported as LLMTAP_API (for llmtap.log)")
+    ca = sub.add_parser("ca", help="print the paths of mitmproxy's CA and of the combined CA bundle")
+    for p_ in (env, ca):
+        p_.add_argument("--confdir", type=Path, help="mitmproxy's confdir (default: ~/.mitmproxy)")
+    env.set_defaults(func=cmd_env)
+    ca.set_defaults(func=cmd_ca)
 
     sql = sub.add_parser("sql", help="run a SQL query on the database (works while the proxy runs)")
     sql.add_argument("query", help="the SQL, or - to read it from stdin")
@@ -235,6 +254,30 @@ def run_proxy(extra: list[str]) -> int:
         cmd += ["--listen-host", "127.0.0.1"]
     os.execv(cmd[0], [*cmd, *extra])
     return 0  # not reached
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    from llmtap.launch import environment, trust
+
+    try:
+        bundle = trust.bundle(trust.ca_cert(args.confdir or trust.default_confdir()))
+    except trust.TrustError as e:
+        raise query.QueryError(str(e)) from e
+    sys.stdout.write(environment.exports(environment.variables(args.proxy, bundle, args.api)))
+    return 0
+
+
+def cmd_ca(args: argparse.Namespace) -> int:
+    from llmtap.launch import trust
+
+    ca = trust.ca_cert(args.confdir or trust.default_confdir())
+    try:
+        bundle = trust.bundle(ca)
+    except trust.TrustError as e:
+        raise query.QueryError(str(e)) from e
+    print(ca)
+    print(bundle)
+    return 0
 
 
 def cmd_sql(args: argparse.Namespace) -> int:

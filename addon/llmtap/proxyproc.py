@@ -29,6 +29,13 @@ def mitmdump_command() -> list[str]:
     return [sys.executable, "-c", "from mitmproxy.tools.main import mitmdump; mitmdump()"]
 
 
+def _api_settled(log: str, args: list[str], env: dict[str, str]) -> bool:
+    """The local API has started (or failed to), unless it is turned off (`llmtap_api=`)."""
+    values = [a.split("=", 1)[1] for a in args if a.startswith("llmtap_api=")]
+    value = values[-1] if values else env.get("LLMTAP_API", "127.0.0.1:8788")
+    return not value or "llmtap: local API" in log
+
+
 @dataclass
 class ProxyProcess:
     proc: subprocess.Popen[bytes]
@@ -71,13 +78,16 @@ def start(
     env: dict[str, str] | None = None,
     timeout: float = 30.0,
     command: list[str] | None = None,
+    confdir: Path | None = None,
 ) -> ProxyProcess:
-    """Start mitmdump on 127.0.0.1 with a free port and wait until it listens. `command` replaces
-    `mitmdump -s addon/tap.py` (e.g. `llmtap proxy`, which adds the script itself)."""
+    """Start mitmdump on 127.0.0.1 with a free port and wait until it listens (and, when it serves
+    one, its local API). `command` replaces `mitmdump -s addon/tap.py` (e.g. `llmtap proxy`, which
+    adds the script itself); `confdir` (its CA) defaults to one of its own in `workdir`."""
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / f"mitmdump-{time.monotonic_ns()}.log"
     cmd = command or [*mitmdump_command(), *(["-s", str(TAP)] if tap else [])]
-    cmd = [*cmd, "--listen-host", "127.0.0.1", "-p", "0", "--set", f"confdir={workdir / 'conf'}", *args]
+    conf = confdir or workdir / "conf"
+    cmd = [*cmd, "--listen-host", "127.0.0.1", "-p", "0", "--set", f"confdir={conf}", *args]
     child_env = dict(os.environ if env is None else env)
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
         child_env.pop(name, None)
@@ -96,7 +106,7 @@ def start(
         if proc.poll() is not None:
             raise RuntimeError(f"mitmdump exited with {proc.returncode}:\n{text}")
         m = _LISTENING.search(text)
-        if m and ("llmtap: logging" in text or not tap):
+        if m and (not tap or ("llmtap: logging" in text and _api_settled(text, args, child_env))):
             return ProxyProcess(proc, int(m.group(1)), log)
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)

@@ -5,11 +5,29 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 import duckdb
+import genai_prices
+from genai_prices import Usage
 
 ROOT = Path(__file__).resolve().parents[2]
+# (provider, endpoint, model, streamed, input, cached, cache_write, output, reasoning, user), in order:
+# the unmodified app under `llmtap run`, then the gateway calls. Tokens are the fake provider's
+# (10 + request bytes // 50 in, words + 1 out, or the x-fake-usage the demo sets).
+EXPECTED = [
+    ("openai", "chat", "gpt-4o-mini", False, 11, 0, 0, 6, 0, None),
+    ("openai", "chat", "gpt-4o-mini", True, 12, 0, 0, 6, 0, None),
+    ("anthropic", "messages", "claude-haiku-4-5", False, 11, 0, 0, 6, 0, None),
+    ("openai", "chat", "gpt-4o-mini", False, 11, 0, 0, 6, 0, "alice"),
+    ("openai", "chat", "gpt-4o", True, 12, 0, 0, 6, 0, None),
+    ("openai", "chat", "o3-mini", False, 900, 512, 0, 120, 64, "alice"),
+    ("openai", "responses", "gpt-4.1-mini", False, 10, 0, 0, 6, 0, "bob"),
+    ("openai", "embeddings", "text-embedding-3-small", False, 11, 0, 0, 0, 0, None),
+    ("anthropic", "messages", "claude-sonnet-4-5", False, 2400, 2000, 300, 6, 0, None),
+    ("anthropic", "messages", "claude-haiku-4-5", True, 12, 0, 0, 6, 0, "alice"),
+]
 
 
 def test_demo_captures_every_call_with_tokens_and_cost(tmp_path: Path) -> None:
@@ -20,18 +38,25 @@ def test_demo_captures_every_call_with_tokens_and_cost(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         env=env,
-        timeout=120,
+        timeout=180,
         cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr
     assert "demo stand-in" in out.stdout
-    assert "captured rows:" in out.stdout and "cost by model:" in out.stdout
+    assert "1. transparent: llmtap run -- python app.py" in out.stdout
+    assert "app: anthropic message -> 'Hello from the fake provider!'" in out.stdout
+    summary = "llmtap: 3 calls, 34 input + 18 output tokens, $0.000051650; 0 cache hits, 0 errors"
+    assert f"{summary}; exit status 0" in out.stdout
+    assert "captured rows:" in out.stdout and "cost by model:" in out.stdout and "(10 rows)" in out.stdout
     with duckdb.connect(str(db), read_only=True) as conn:
         rows = conn.execute(
-            "SELECT provider, streamed, input_tokens, output_tokens, cost_usd FROM requests"
+            "SELECT provider, endpoint, model, streamed, input_tokens, cache_read_tokens,"
+            " cache_write_tokens, output_tokens, reasoning_tokens, user_id, cost_usd, created_at"
+            " FROM requests ORDER BY created_at"
         ).fetchall()
-    assert len(rows) == 7
-    assert {r[0] for r in rows} == {"openai", "anthropic"}
-    assert {r[1] for r in rows} == {True, False}
-    assert all(r[2] > 0 and r[4] is not None and r[4] > 0 for r in rows)
-    assert f"({len(rows)} rows)" in out.stdout
+    assert [r[:10] for r in rows] == EXPECTED
+    for provider, _, model, _, i, cached, write, o, reasoning, _, cost, at in rows:
+        usage = Usage(input_tokens=i, cache_read_tokens=cached, cache_write_tokens=write, output_tokens=o,
+                      output_reasoning_tokens=reasoning)  # fmt: skip
+        calc = genai_prices.calc_price(usage, model, provider_id=provider, genai_request_timestamp=at)
+        assert cost == calc.total_price.quantize(Decimal("0.000000001")), model

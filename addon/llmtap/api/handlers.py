@@ -25,9 +25,11 @@ class Service:
         db_path: Callable[[], str],
         extra_providers: Callable[[], dict[str, providers.Provider]],
         store_limit: Callable[[], int],
+        pending: Callable[[], int] = lambda: 0,
     ) -> None:
         self.submit, self.db_path = submit, db_path
         self.extra_providers, self.store_limit = extra_providers, store_limit
+        self.pending = pending
         self.recent = RecentIds(20_000)
 
     def keep_recent(self, size: int) -> None:
@@ -40,17 +42,19 @@ class Service:
     def remember(self, request_id: str) -> None:
         self.recent.add(request_id)
 
-    async def handle(self, method: str, path: str, body: Any) -> httpserver.Reply:
-        name, request_id = httpserver.route(method, path)
-        if name == "health":
-            return httpserver.Reply(200, {"ok": True})
+    async def handle(self, method: str, path: str, headers: dict[str, str], body: Any) -> httpserver.Reply:
+        name, detail = httpserver.route(method, path)  # detail: the request id, or the log's route
+        if name == "health":  # pending: records handed to the writer, not yet in the file
+            return httpserver.Reply(200, {"ok": True, "pending": self.pending()})
         if name == "log":
-            c = asynclog.capture(body, self.extra_providers(), self.store_limit())
+            route = detail or "custom"
+            c = asynclog.capture(body, self.extra_providers(), self.store_limit(), route, headers)
             self._submit(c)
             self.remember(c.meta.request_id)
             return httpserver.Reply(
                 200, {"ok": True, "id": c.meta.request_id}, {"helicone-id": c.meta.request_id}
             )
+        request_id = detail
         assert request_id is not None
         valid = helicone.valid_uuid(request_id) or request_id
         if not await self.known(valid):

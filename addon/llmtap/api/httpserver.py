@@ -44,7 +44,7 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-Handler = Callable[[str, str, Any], Awaitable[Reply]]
+Handler = Callable[[str, str, dict[str, str], Any], Awaitable[Reply]]  # method, target, headers, body
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -59,8 +59,12 @@ def is_loopback(host: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
+LOG_ROUTES = {"/custom/v1/log": "custom", "/oai/v1/log": "oai", "/anthropic/v1/log": "anthropic",
+              "/googleapis/v1/log": "googleapis"}  # fmt: skip
+
+
 def route(method: str, path: str) -> tuple[str, str | None]:
-    """(route name, request id) or ApiError 404/405."""
+    """(route name, request id; for a log, which provider's log route) or ApiError 404/405."""
     path = path.split("?", 1)[0].rstrip("/")
     m = _REQUEST_ROUTE.match(path)
     if m:
@@ -68,10 +72,10 @@ def route(method: str, path: str) -> tuple[str, str | None]:
         if method != expected:
             raise ApiError(405, f"{method} {path}: use {expected}")
         return m.group(2), m.group(1)
-    if path in ("/custom/v1/log", "/oai/v1/log", "/anthropic/v1/log", "/googleapis/v1/log"):
+    if path in LOG_ROUTES:
         if method != "POST":
             raise ApiError(405, f"{method} {path}: use POST")
-        return "log", None
+        return "log", LOG_ROUTES[path]
     if path == "/v1/health":
         return "health", None
     raise ApiError(404, f"no route {method} {path}")
@@ -162,7 +166,7 @@ class Server:
             body = json.loads(raw) if raw else None
         except ValueError as e:
             raise ApiError(400, f"body is not valid JSON: {e}") from None
-        return await self.handler(method.upper(), target, body)
+        return await self.handler(method.upper(), target, headers, body)
 
 
 async def _discard(reader: asyncio.StreamReader, length: int, limit: int = 8 * MAX_BODY) -> None:

@@ -1,14 +1,18 @@
 """`llmtap demo`: real SDK calls through a real proxy to a local stand-in provider.
 
 Nothing leaves the machine and no API key is needed: the upstream is llmtap's fake provider (a
-local demo stand-in that speaks the OpenAI and Anthropic wire formats, not a real model). The
-proxy runs in gateway (reverse) mode, exactly as `mitmdump --mode reverse:... -s addon/tap.py`.
+local demo stand-in that speaks the OpenAI and Anthropic wire formats, not a real model). First the
+transparent path: an unmodified app (demo/app.py) under `llmtap run`, whose `--map-remote` options
+send api.openai.com and api.anthropic.com to the stand-in (a real run leaves them out); then the
+gateway path, `mitmdump --mode reverse:... -s addon/tap.py`, with Helicone headers.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -36,7 +40,10 @@ def run(db: Path, say: Callable[[str], None] = print) -> int:
     for suffix in ("", ".wal"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
     with tempfile.TemporaryDirectory() as tmp, FakeProvider() as fake:
-        say(f"fake provider (a local demo stand-in, not a real model) at {fake.url}")
+        say(f"fake provider (a local demo stand-in, not a real model) at {fake.url}\n")
+        say("1. transparent: llmtap run -- python app.py (an app with no llmtap in it)")
+        _transparent(fake.url, db, Path(tmp), say)
+        say("\n2. gateway: the SDKs' base_url pointed at the proxy, Helicone headers on the calls")
         proxy = proxyproc.start(
             [
                 "--mode",
@@ -52,7 +59,7 @@ def run(db: Path, say: Callable[[str], None] = print) -> int:
             ],
             Path(tmp),
         )
-        say(f"llmtap proxy (mitmdump -s addon/tap.py, gateway mode) at {proxy.url}\n")
+        say(f"llmtap proxy (mitmdump -s addon/tap.py, gateway mode) at {proxy.url}")
         try:
             _calls(proxy.url, say)
         finally:
@@ -65,6 +72,25 @@ def run(db: Path, say: Callable[[str], None] = print) -> int:
     say(f"         llmtap report cost --by user --db {db}")
     say(f'         llmtap sql --db {db} "SELECT * FROM requests"')
     return 0
+
+
+def _transparent(fake: str, db: Path, tmp: Path, say: Callable[[str], None]) -> None:
+    """The app under `llmtap run`, with its own CA dir and config dir (the user's stay untouched)."""
+    maps = [
+        a
+        for host in ("api.openai.com", "api.anthropic.com")
+        for a in ("--map-remote", f"|https://{host}/|{fake}/")
+    ]
+    cmd = [sys.executable, "-m", "llmtap.cli", "run", "--db", str(db), "--confdir", str(tmp / "conf"),
+           "--set", f"llmtap_cache={tmp / 'run-cache.sqlite'}", *maps, "--",
+           sys.executable, str(Path(__file__).with_name("app.py"))]  # fmt: skip
+    env = os.environ | {"LLMTAP_HOME": str(tmp / "home"), "OPENAI_API_KEY": "sk-demo-not-a-real-key",
+                        "ANTHROPIC_API_KEY": "sk-ant-demo-not-a-real-key"}  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
+    say(done.stdout.rstrip("\n"))
+    say(done.stderr.rstrip("\n"))
+    if done.returncode != 0:
+        raise RuntimeError(f"llmtap run exited with {done.returncode}")
 
 
 def _calls(base: str, say: Callable[[str], None]) -> None:

@@ -58,6 +58,7 @@ class LLMTap:
             db_path=lambda: ctx.options.llmtap_db,
             extra_providers=lambda: self.rules.providers,
             store_limit=lambda: ctx.options.llmtap_max_body,
+            pending=self._pending,
         )
 
     # -- lifecycle (sync on purpose: async done/running break -s hot reload) --
@@ -143,6 +144,13 @@ class LLMTap:
         )
         self.store = None
         self.cache.close()
+
+    def _pending(self) -> int:
+        """Records submitted to the writer and not yet written, dropped or failed."""
+        if self.store is None:
+            return 0
+        s = self.store.stats
+        return max(0, s.queued - s.written - s.dropped - s.row_errors - s.annotations)
 
     def _start_watcher(self) -> None:
         if self._watcher is not None:
