@@ -10,8 +10,10 @@ fact, never for a fixed time.
 from __future__ import annotations
 
 import re
+import shutil
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -131,3 +133,14 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def node_app(app: Path, packages: tuple[str, ...], module: bool = False) -> Path:
+    """A Node app folder with `packages` installed from the npm registry, as a user installs them."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.fail("node and npm are needed (scripts/setup.sh installs them)")
+    kind = ', "type": "module"' if module else ""
+    (app / "package.json").write_text(f'{{"name": "{app.name}", "private": true{kind}}}')
+    subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent", *packages], cwd=app,
+                   check=True, timeout=600, capture_output=True)  # fmt: skip
+    return app

@@ -40,6 +40,7 @@ from genai_prices import Usage
 from mitmproxy.certs import CertStore
 
 from llmtap.demo.fakeprovider import DEFAULT_REPLY, default_usage
+from tests.e2e.conftest import node_app
 from tests.fakeprovider import FakeProvider
 
 CLIENTS = Path(__file__).parent / "clients"
@@ -236,19 +237,14 @@ def test_curl_with_the_bundle(world: World) -> None:
 
 
 @pytest.fixture(scope="module")
-def node_app(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def node_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A Node app folder with the openai npm package (and undici, which Node < 22.21 needs for
     llmtap's preload), installed from the npm registry as a user would."""
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.fail("node and npm are needed (scripts/setup.sh installs them)")
-    app = tmp_path_factory.mktemp("node-app")
-    (app / "package.json").write_text('{"name": "llmtap-node-client", "private": true, "type": "module"}')
-    subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent", *NODE_PACKAGES], cwd=app,
-                   check=True, timeout=600, capture_output=True)  # fmt: skip
+    app = node_app(tmp_path_factory.mktemp("llmtap-node-client"), NODE_PACKAGES, module=True)
     shutil.copy(CLIENTS / "node_openai.mjs", app / "app.mjs")
     return app
 
 
-def test_node_openai_package(world: World, node_app: Path) -> None:
-    run = world.run("node", ["node", "app.mjs"], cwd=node_app)
+def test_node_openai_package(world: World, node_client: Path) -> None:
+    run = world.run("node", ["node", "app.mjs"], cwd=node_client)
     check(run, [OPENAI, OPENAI_STREAM], [DEFAULT_REPLY] * 2)

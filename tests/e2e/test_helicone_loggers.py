@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import subprocess
 from collections.abc import Callable
 from datetime import datetime
@@ -26,7 +25,7 @@ from genai_prices import Usage
 from helicone_helpers import HeliconeManualLogger
 
 from tests.documented import ALL, Documented
-from tests.e2e.conftest import Proxy
+from tests.e2e.conftest import Proxy, node_app
 
 DOCS = {d.name: d for d in ALL}
 NINE = Decimal("0.000000001")
@@ -153,12 +152,7 @@ const logger = new HeliconeManualLogger({ apiKey: "sk-helicone-node", loggingEnd
 
 @pytest.fixture(scope="module")
 def node_logger(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.fail("node and npm are needed (scripts/setup.sh installs them)")
-    app = tmp_path_factory.mktemp("helicone-node")
-    (app / "package.json").write_text('{"name": "llmtap-helicone-node", "private": true}')
-    subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent", *NODE_PACKAGES], cwd=app,
-                   check=True, timeout=600, capture_output=True)  # fmt: skip
+    app = node_app(tmp_path_factory.mktemp("llmtap-helicone-node"), NODE_PACKAGES)
     (app / "log.js").write_text(NODE_SCRIPT)
     return app
 
