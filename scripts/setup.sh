@@ -28,13 +28,22 @@ fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 # Pinned (scripts/constraints.txt); scripts/test-latest.sh tries the newest releases instead.
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -c scripts/constraints.txt -e '.[dev]'
-# The client matrix runs the openai npm package on Node and curl (tests/e2e/test_clients.py).
-if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1 || ! command -v curl >/dev/null 2>&1; then
+# The client matrix runs the openai npm package on Node and curl (tests/e2e/test_clients.py); the
+# dashboard's browser tests drive Debian's Chromium (Playwright cannot download its own offline).
+missing=()
+for pair in node:nodejs npm:npm curl:curl chromium:chromium; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-    echo "setup: installing nodejs, npm and curl (Debian packages)"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm curl >/dev/null
+    echo "setup: installing ${missing[*]} (Debian packages)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   else
-    echo "setup: warning: node, npm and curl are needed by the client tests; install them" >&2
+    echo "setup: warning: the tests need ${missing[*]}; install them" >&2
   fi
+fi
+# The dashboard's third-party browser code (uPlot), at the versions of its package-lock.json.
+if command -v npm >/dev/null 2>&1; then
+  npm ci --prefix addon/llmtap/ui --no-audit --no-fund --silent
 fi
 echo "setup: ready ($(.venv/bin/python --version), llmtap $(.venv/bin/python -c 'import llmtap; print(llmtap.__version__)'))"

@@ -126,6 +126,12 @@ def _parser() -> argparse.ArgumentParser:
     score.set_defaults(func=cmd_score)
     prop.set_defaults(func=cmd_property)
 
+    ui = sub.add_parser("ui", help="serve the dashboard over a database file, read-only (no proxy needed)")
+    ui.add_argument("--db", default=DEFAULT_DB, help="DuckDB file (default: %(default)s; env LLMTAP_DB)")
+    ui.add_argument("--port", type=int, default=8789, help="loopback port (default: %(default)s; 0: free)")
+    ui.add_argument("--open", action="store_true", help="open it in the default browser")
+    ui.set_defaults(func=cmd_ui)
+
     demo = sub.add_parser("demo", help="send real SDK calls through the proxy to a local stand-in provider")
     demo.add_argument("--db", default="llmtap-demo.duckdb", help="database to write (default: %(default)s)")
     demo.set_defaults(func=cmd_demo)
@@ -278,6 +284,12 @@ def cmd_ca(args: argparse.Namespace) -> int:
     print(ca)
     print(bundle)
     return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from llmtap.ui import standalone
+
+    return standalone.serve(Path(args.db), args.port, args.open)
 
 
 def cmd_sql(args: argparse.Namespace) -> int:

@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from llmtap.accounting.record import Annotation, Capture, Feedback, PropertyUpdate, Score
 from llmtap.api import asynclog, httpserver
 from llmtap.storage import query
+from llmtap.ui import server as dashboard
 from llmtap.wire import helicone, providers
 
 
@@ -43,6 +45,9 @@ class Service:
         self.recent.add(request_id)
 
     async def handle(self, method: str, path: str, headers: dict[str, str], body: Any) -> httpserver.Reply:
+        if dashboard.is_dashboard(method, path):  # its queries block: a worker thread, off the loop
+            page = await asyncio.to_thread(dashboard.handle, method, path, headers, Path(self.db_path()))
+            return httpserver.Reply(page.status, page.body, page.all_headers())
         name, detail = httpserver.route(method, path)  # detail: the request id, or the log's route
         if name == "health":  # pending: records handed to the writer, not yet in the file
             return httpserver.Reply(200, {"ok": True, "pending": self.pending()})

@@ -23,6 +23,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -179,10 +180,10 @@ async def _discard(reader: asyncio.StreamReader, length: int, limit: int = 8 * M
 
 
 def _encode(reply: Reply) -> bytes:
-    data = json.dumps(reply.body).encode()
-    reason = {200: "OK", 201: "Created", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
-              405: "Method Not Allowed", 413: "Payload Too Large", 500: "Internal Server Error"}  # fmt: skip
-    head = [f"HTTP/1.1 {reply.status} {reason.get(reply.status, 'OK')}", "content-type: application/json",
-            f"content-length: {len(data)}", "connection: close"]  # fmt: skip
-    head += [f"{k}: {v}" for k, v in reply.headers.items()]
+    """A JSON reply, or bytes with their own content-type header (the dashboard's pages)."""
+    data = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
+    headers = {"content-type": "application/json", **reply.headers}
+    status = f"HTTP/1.1 {reply.status} {HTTPStatus(reply.status).phrase}"
+    head = [status, f"content-length: {len(data)}", "connection: close"]
+    head += [f"{k}: {v}" for k, v in headers.items()]
     return ("\r\n".join(head) + "\r\n\r\n").encode() + data

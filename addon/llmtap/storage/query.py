@@ -21,8 +21,10 @@ class QueryError(Exception):
     """A user-facing problem: no database yet, a file that stays locked, bad SQL."""
 
 
-def connect(path: str | Path, wait: float = 15.0) -> duckdb.DuckDBPyConnection:
-    """A read-only connection with the schema up to date, waiting out a writer's flush."""
+def connect(path: str | Path, wait: float = 15.0, external_access: bool = True) -> duckdb.DuckDBPyConnection:
+    """A read-only connection with the schema up to date, waiting out a writer's flush. Without
+    `external_access` its SQL can read and write no other file (`COPY ... TO`, `read_csv(...)`)."""
+    config = {} if external_access else {"enable_external_access": False}
     path = Path(path)
     if not path.exists():
         raise QueryError(f"no database at {path} yet: start the proxy (or run `llmtap demo`) first")
@@ -30,7 +32,7 @@ def connect(path: str | Path, wait: float = 15.0) -> duckdb.DuckDBPyConnection:
     upgraded = False
     while True:
         try:
-            conn = duckdb.connect(str(path), read_only=True)
+            conn = duckdb.connect(str(path), read_only=True, config=config)
             if upgraded or not pending(conn):
                 return conn
             conn.close()

@@ -1,0 +1,213 @@
+// llmtap dashboard: the page reads its filters from the URL, fetches the view's JSON with them,
+// and draws it. Everything from the database is put on the page as text (textContent), never HTML.
+/* global uPlot */
+
+const DEFAULTS = { since: "24h" }; // since=all: no lower bound
+const browserZone = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
+
+function params() {
+  const p = new URLSearchParams(location.search);
+  for (const [k, v] of Object.entries(DEFAULTS)) if (!p.has(k)) p.set(k, v);
+  if (!p.has("tz")) p.set("tz", browserZone);
+  return p;
+}
+
+function query(p) {
+  const q = new URLSearchParams(p);
+  if (q.get("since") === "all") q.delete("since");
+  return q;
+}
+
+// Exact money: decimal strings with up to 9 places, added as integers of 1e-9 USD.
+function addMoney(a, b) {
+  const nano = (s) => {
+    const [whole, frac = ""] = String(s ?? "0").split(".");
+    const sign = whole.startsWith("-") ? -1n : 1n;
+    return sign * (BigInt(whole.replace("-", "") || "0") * 1000000000n + BigInt((frac + "000000000").slice(0, 9)));
+  };
+  const n = nano(a) + nano(b);
+  const abs = n < 0n ? -n : n;
+  return `${n < 0n ? "-" : ""}${abs / 1000000000n}.${String(abs % 1000000000n).padStart(9, "0")}`;
+}
+
+function navigate(p) {
+  history.pushState(null, "", `${location.pathname}?${p}`);
+  load();
+}
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") node.className = v;
+    else if (k === "style") node.style.cssText = v;
+    else node.setAttribute(k, v);
+  }
+  for (const c of children) node.append(c instanceof Node ? c : document.createTextNode(String(c ?? "")));
+  return node;
+}
+
+// Stable colours: a model or provider keeps its colour across pages, reloads and filters.
+function colour(name) {
+  let h = 0;
+  for (const ch of String(name)) h = (h * 31 + ch.codePointAt(0)) >>> 0;
+  return `hsl(${h % 360} 60% 48%)`;
+}
+
+const int = new Intl.NumberFormat("en-US");
+const money = (s) => (s == null ? "—" : `$${s}`);
+
+function card(label, value, note) {
+  return el("div", { class: "card" }, el("div", { class: "label" }, label),
+    el("div", { class: "value", "data-card": label }, value), el("div", { class: "note" }, note ?? ""));
+}
+
+function renderCards(c) {
+  const box = document.getElementById("cards");
+  const tokens = Number(c.input_tokens ?? 0) + Number(c.output_tokens ?? 0);
+  box.replaceChildren(
+    card("Calls", int.format(c.calls ?? 0)),
+    card("Tokens", int.format(tokens), `${int.format(c.input_tokens ?? 0)} in / ${int.format(c.output_tokens ?? 0)} out`),
+    card("Cost", money(c.cost_usd), c.unpriced ? `unpriced: ${c.unpriced} calls` : ""),
+    card("Error rate", c.error_pct == null ? "—" : `${c.error_pct} %`, `${int.format(c.errors ?? 0)} errors`),
+    card("Cache hit rate", c.cache_hit_pct == null ? "—" : `${c.cache_hit_pct} %`, "of cache lookups"),
+    card("Cost saved", money(c.cost_saved_usd), `${int.format(c.cache_hits ?? 0)} cache hits`),
+  );
+}
+
+function column(table, name) {
+  const i = table.columns.indexOf(name);
+  return (row) => row[i];
+}
+
+// Values per bucket of the axis; null where the bucket has no row (a gap on the chart).
+function aligned(axis, table, name, where = () => true) {
+  const t = column(table, "t"), v = column(table, name);
+  const byT = new Map();
+  for (const row of table.rows) if (where(row)) byT.set(t(row), (byT.get(t(row)) ?? 0) + Number(v(row) ?? 0));
+  return axis.map((x) => (byT.has(x) ? byT.get(x) : null));
+}
+
+const charts = [];
+
+function plot(name, series, data, tz, extra = {}) {
+  const box = document.querySelector(`[data-chart="${name}"] .plot`);
+  box.replaceChildren();
+  const width = Math.max(320, box.clientWidth || 480);
+  const opts = {
+    width, height: 220, tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), tz),
+    series: [{}, ...series], scales: { x: { time: true } }, legend: { live: true }, ...extra,
+  };
+  charts.push(new uPlot(opts, data, box));
+}
+
+function renderCharts(v) {
+  while (charts.length) charts.pop().destroy();
+  const { axis, tz } = v;
+  const model = column(v.cost_by_model, "model");
+  const models = [...new Set(v.cost_by_model.rows.map(model))];
+  const calls = aligned(axis, v.calls, "calls");
+  // Cost stacked by model: each series is the sum of itself and those below it; a bucket with no
+  // calls at all stays a gap.
+  let below = axis.map(() => 0);
+  const stacked = [], exact = [];
+  for (const m of models) {
+    const own = aligned(axis, v.cost_by_model, "cost_usd", (r) => model(r) === m);
+    const strings = new Map(v.cost_by_model.rows.filter((r) => model(r) === m)
+      .map((r) => [column(v.cost_by_model, "t")(r), column(v.cost_by_model, "cost_usd")(r)]));
+    below = below.map((b, i) => (calls[i] == null ? b : b + (own[i] ?? 0)));
+    stacked.push(below.map((b, i) => (calls[i] == null ? null : b)));
+    exact.push(axis.map((x) => strings.get(x) ?? null));
+  }
+  const costSeries = models.map((m, i) => ({
+    label: m, stroke: colour(m), fill: colour(m).replace("48%)", "48% / 0.35)"),
+    value: (u, _v, _si, idx) => (idx == null ? "" : money(exact[i][idx] ?? "0")),
+  }));
+  const bands = models.slice(1).map((_, i) => ({ series: [i + 2, i + 1] }));
+  plot("cost", costSeries.length ? costSeries : [{ label: "cost", stroke: "#999" }],
+    [axis, ...(stacked.length ? stacked : [axis.map(() => null)])], tz, { bands });
+  plot("calls", [{ label: "calls", stroke: "#4c78a8" }, { label: "errors", stroke: "#d62728" }],
+    [axis, calls, aligned(axis, v.calls, "errors").map((e, i) => (calls[i] == null ? null : e))], tz);
+  const lat = ["latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "ttft_p50_ms"];
+  const shades = ["#1f77b4", "#ff7f0e", "#d62728", "#2ca02c"];
+  plot("latency", lat.map((n, i) => ({ label: n.replace(/_ms$/, ""), stroke: shades[i] })),
+    [axis, ...lat.map((n) => aligned(axis, v.latency, n))], tz);
+  plot("tokens", [{ label: "input", stroke: "#9467bd" }, { label: "output", stroke: "#8c564b" }],
+    [axis, aligned(axis, v.calls, "input_tokens"), aligned(axis, v.calls, "output_tokens")], tz);
+}
+
+function renderTops(v) {
+  const model = column(v.cost_by_model, "model"), cost = column(v.cost_by_model, "cost_usd");
+  const calls = column(v.cost_by_model, "calls");
+  const totals = new Map();
+  for (const r of v.cost_by_model.rows) {
+    const t = totals.get(model(r)) ?? { cost: 0, calls: 0, exact: "0" };
+    t.cost += Number(cost(r) ?? 0); t.calls += calls(r); t.exact = addMoney(t.exact, cost(r));
+    totals.set(model(r), t);
+  }
+  const rows = [...totals].sort((a, b) => b[1].cost - a[1].cost).slice(0, 10);
+  const max = Math.max(...rows.map(([, t]) => t.cost), 0) || 1;
+  const table = document.querySelector('[data-top="models"] table');
+  table.replaceChildren(el("tr", {}, el("th", {}, "model"), el("th", {}, "calls"), el("th", {}, "cost"), el("th", {}, "")));
+  for (const [m, t] of rows) {
+    const button = el("button", { class: "filter", type: "button", "data-model": m }, m);
+    button.addEventListener("click", () => { const p = params(); p.append("model", m); navigate(p); });
+    table.append(el("tr", {}, el("td", {}, button), el("td", { class: "num" }, int.format(t.calls)),
+      el("td", { class: "num" }, `$${t.exact}`),
+      el("td", { style: "width:40%" }, el("div", { class: "bar", style: `width:${(100 * t.cost) / max}%;background:${colour(m)}` }))));
+  }
+}
+
+function renderFilters(p) {
+  const form = document.getElementById("filters");
+  const since = p.get("since");
+  if (![...form.since.options].some((o) => o.value === since)) form.since.append(el("option", { value: since }, since));
+  form.since.value = since;
+  const zones = [...new Set([p.get("tz"), browserZone, "UTC"])];
+  form.tz.replaceChildren(...zones.map((z) => el("option", { value: z }, z)));
+  form.tz.value = p.get("tz");
+  const chips = document.getElementById("chips");
+  chips.replaceChildren();
+  for (const key of ["provider", "model", "user", "session", "property", "rating", "score"]) {
+    for (const value of p.getAll(key)) {
+      const chip = el("button", { class: "chip", type: "button", title: "remove this filter" }, `${key}: ${value} ×`);
+      chip.addEventListener("click", () => {
+        const q = params();
+        const kept = q.getAll(key).filter((x) => x !== value);
+        q.delete(key);
+        for (const x of kept) q.append(key, x);
+        navigate(q);
+      });
+      chips.append(chip);
+    }
+  }
+}
+
+async function load() {
+  const p = params();
+  renderFilters(p);
+  document.querySelectorAll("nav a").forEach((a) => a.toggleAttribute("aria-current", a.pathname === location.pathname));
+  const status = document.getElementById("status");
+  status.className = "";
+  status.textContent = "loading…";
+  const reply = await fetch(`/api/ui/overview?${query(p)}`);
+  const body = await reply.json();
+  if (!reply.ok) {
+    status.className = "error";
+    status.textContent = body.error?.message ?? `error ${reply.status}`;
+    return;
+  }
+  renderCards(body.cards);
+  renderCharts(body);
+  renderTops(body);
+  document.querySelector("#sql pre").textContent = Object.entries(body.sql).map(([k, s]) => `-- ${k}\n${s}`).join("\n\n");
+  status.textContent = `${body.axis.length} ${body.bucket} buckets, ${body.tz}`;
+  document.body.dataset.ready = "1";
+}
+
+document.getElementById("filters").addEventListener("change", (e) => {
+  const p = params();
+  p.set(e.target.name, e.target.value);
+  navigate(p);
+});
+window.addEventListener("popstate", load);
+load();

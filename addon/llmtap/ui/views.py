@@ -1,0 +1,191 @@
+"""The dashboard's JSON views, built from the same reports as the CLI (reports/catalog.py).
+
+A view's filters are the CLI's flags as query-string parameters (`since`, `until`, `provider`,
+`model`, `user`, `session`, `property=k=v`, `rating`, `score`, `tz`), parsed by the same functions,
+so a dashboard URL and an `llmtap report` command answer the same question the same way. Every
+query runs on a short-lived read-only connection with external access off and a time limit
+(`QUERY_SECONDS`): past it the query is interrupted and the view says so.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import duckdb
+
+from llmtap.reports import catalog
+from llmtap.storage import query
+
+QUERY_SECONDS = 10.0
+FILTERS = ("since", "until", "provider", "model", "user", "session", "property", "rating", "score", "tz")
+
+
+class ViewError(Exception):
+    """A bad parameter (400, naming it) or a query that could not finish (503)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def options(params: dict[str, list[str]]) -> catalog.Options:
+    """The CLI's filters from a query string; a bad value is a 400 naming the parameter."""
+    unknown = sorted(set(params) - set(FILTERS) - {"bucket", "by"})
+    if unknown:
+        raise ViewError(400, f"unknown parameter {unknown[0]!r}: expected one of {', '.join(FILTERS)}")
+    opts = catalog.Options()
+    parsers: dict[str, tuple[Callable[[str], Any], str]] = {
+        "since": (catalog.parse_when, "since"), "until": (catalog.parse_when, "until"),
+        "provider": (str, "provider"), "model": (str, "model"), "user": (str, "user"),
+        "session": (str, "session"), "property": (catalog.parse_property, "properties"),
+        "score": (catalog.parse_score, "scores"), "rating": (_rating, "rating"),
+        "tz": (catalog.parse_tz, "tz"),
+    }  # fmt: skip
+    for name, values in params.items():
+        if name not in parsers:
+            continue
+        parse, field = parsers[name]
+        try:
+            parsed = [parse(v) for v in values]
+        except ValueError as e:
+            raise ViewError(400, f"{name}: {e}") from None
+        current = getattr(opts, field)
+        setattr(opts, field, current + parsed if isinstance(current, list) else parsed[-1])
+    return opts
+
+
+def _rating(text: str) -> str:
+    if text not in ("up", "down"):
+        raise ValueError(f"expected up or down, got {text!r}")
+    return text
+
+
+def bucket_for(opts: catalog.Options, now: datetime) -> str:
+    """`hour` for ranges up to 3 days, else `day`: about 24-90 points on a chart."""
+    start = _point(opts.since, opts.tz, now, end=False)
+    end = _point(opts.until, opts.tz, now, end=True) or now
+    return "hour" if start is not None and end - start <= timedelta(days=3) else "day"
+
+
+def _point(when: catalog.When | None, tz: str, now: datetime, end: bool) -> datetime | None:
+    """A --since / --until value as a point in time (as the reports resolve it; None: open)."""
+    if when is None:
+        return None
+    if when.ago is not None:
+        return now - when.ago
+    assert when.at is not None
+    at = when.at + timedelta(days=1) if when.date_only and end else when.at
+    return at if at.tzinfo else at.replace(tzinfo=_zone(tz))
+
+
+def _zone(tz: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ViewError(400, f"tz: unknown time zone {tz!r} (try UTC or a name like Europe/Paris)") from None
+
+
+def epoch(value: date | datetime, tz: str) -> int:
+    """A bucket's start as Unix seconds: an hour is a point in time, a day starts at midnight in `tz`."""
+    if isinstance(value, datetime):
+        return int(value.timestamp())
+    return int(datetime.combine(value, time(), _zone(tz)).timestamp())
+
+
+def axis(bucket: str, tz: str, start: datetime, end: datetime) -> list[int]:
+    """Every bucket from the one holding `start` to the one holding `end`, so a chart shows an empty
+    bucket as a gap, not as a line drawn across it."""
+    zone = _zone(tz)
+    local = start.astimezone(zone)
+    out = []
+    if bucket == "hour":
+        t = local.replace(minute=0, second=0, microsecond=0)
+        while t <= end:
+            out.append(int(t.timestamp()))
+            t = (t.astimezone(UTC) + timedelta(hours=1)).astimezone(zone)
+    else:
+        day, last = local.date(), end.astimezone(zone).date()
+        while day <= last:
+            out.append(epoch(day, tz))
+            day += timedelta(days=1)
+    return out
+
+
+def run(db: Path, work: Callable[[duckdb.DuckDBPyConnection], Any], seconds: float = QUERY_SECONDS) -> Any:
+    """`work` on a fresh read-only connection, external access off, interrupted after `seconds`."""
+    try:
+        conn = query.connect(db, external_access=False)
+    except query.QueryError as e:
+        raise ViewError(503, str(e)) from None
+    timer = threading.Timer(seconds, conn.interrupt)
+    timer.start()
+    try:
+        return work(conn)
+    except query.QueryError as e:
+        if "interrupt" in str(e).lower():
+            raise ViewError(503, f"the query took longer than {seconds:g} s and was stopped") from None
+        raise ViewError(400, str(e)) from None
+    finally:
+        timer.cancel()
+        conn.close()
+
+
+def overview(db: Path, opts: catalog.Options, now: datetime | None = None) -> dict[str, Any]:
+    """Cards (the `summary` report) and, per time bucket, cost by model, calls and errors, and
+    latency percentiles: each with the SQL behind it."""
+    now = now or datetime.now(UTC)
+    bucket = bucket_for(opts, now)
+    _zone(opts.tz)
+
+    def work(conn: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+        summary, columns, rows = catalog.fetch(conn, "summary", opts, now)
+        by_model = _grouped(opts, bucket, "model")
+        by_time = _grouped(opts, bucket)
+        cost, cost_cols, cost_rows = catalog.fetch(conn, "cost", by_model, now)
+        calls, calls_cols, calls_rows = catalog.fetch(conn, "cost", by_time, now)
+        errors, err_cols, err_rows = catalog.fetch(conn, "errors", by_time, now)
+        latency, lat_cols, lat_rows = catalog.fetch(conn, "latency", by_time, now)
+        failed: dict[Any, int] = {}
+        for row in err_rows:
+            key = row[err_cols.index(bucket)]
+            failed[key] = failed.get(key, 0) + row[err_cols.index("calls")]
+        seen = [epoch(r[0], opts.tz) for r in calls_rows]
+        start = _point(opts.since, opts.tz, now, end=False)
+        if start is None and seen:
+            start = datetime.fromtimestamp(min(seen), UTC)
+        until = _point(opts.until, opts.tz, now, end=True)
+        end = until - timedelta(microseconds=1) if until else now
+        return {
+            "bucket": bucket,
+            "tz": opts.tz,
+            "axis": axis(bucket, opts.tz, start, end) if start is not None else [],
+            "cards": dict(zip(columns, rows[0], strict=True)) if rows else {},
+            "cost_by_model": _table(cost_cols, cost_rows, opts.tz),
+            "calls": _table(
+                [*calls_cols, "errors"], [(*r, failed.get(r[0], 0)) for r in calls_rows], opts.tz
+            ),  # fmt: skip
+            "latency": _table(lat_cols, lat_rows, opts.tz),
+            "sql": {
+                "cards": summary.sql,
+                "cost_by_model": cost.sql,
+                "calls": calls.sql,
+                "errors": errors.sql,
+                "latency": latency.sql,
+            },  # fmt: skip
+        }
+
+    return run(db, work)
+
+
+def _grouped(opts: catalog.Options, *by: str) -> catalog.Options:
+    return catalog.Options(**{**vars(opts), "by": [catalog.Dimension(d) for d in by]})
+
+
+def _table(columns: list[str], rows: list[tuple], tz: str) -> dict[str, Any]:
+    """Rows with their bucket's start as `t` (Unix seconds) first, for the charts."""
+    return {"columns": ["t", *columns], "rows": [[epoch(r[0], tz), *r] for r in rows]}

@@ -1,0 +1,245 @@
+"""The dashboard: its JSON over HTTP against the reports' known data set, and its page in Chromium.
+
+The data set is the reports' (tests/unit/test_catalog.py: twelve calls over three days, every
+figure worked out by hand there), served by `llmtap ui` over the file and by a running proxy on
+its local API port. The browser tests drive Debian's Chromium with Playwright (offline: no
+downloaded browser), as a user would: the page loads with no console error, every chart paints,
+a click on a model filters the page and changes the URL, a time-zone switch moves day buckets.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from datetime import date, datetime, time
+from decimal import Decimal as D
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import duckdb
+import pytest
+
+from llmtap.storage.migrations import migrate
+from llmtap.ui import standalone
+from tests.e2e.conftest import Proxy
+from tests.unit.test_catalog import SUMMARY, load
+
+RANGE = "since=2025-06-01&until=2025-06-04"  # four whole days, UTC unless tz says otherwise
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("dashboard") / "tap.duckdb"
+    with duckdb.connect(str(path)) as conn:
+        migrate(conn)
+        load(conn)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ui(db: Path) -> Iterator[str]:
+    """`llmtap ui` over the file, in this process: host:port."""
+    server = standalone._Server(0, db)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def get(where: str, path: str, host: str | None = None) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection(where, timeout=30)
+    conn.request("GET", path, headers={"Host": host or where})
+    reply = conn.getresponse()
+    body = reply.read()
+    conn.close()
+    return reply.status, {k.lower(): v for k, v in reply.getheaders()}, body
+
+
+def overview(where: str, query: str) -> dict[str, Any]:
+    status, headers, body = get(where, f"/api/ui/overview?{query}")
+    assert status == 200, body
+    assert headers["content-type"] == "application/json"
+    return json.loads(body)
+
+
+def midnight(day: str, tz: str) -> int:
+    return int(datetime.combine(date.fromisoformat(day), time(), ZoneInfo(tz)).timestamp())
+
+
+def test_cards_are_the_summary_report(ui: str) -> None:
+    v = overview(ui, f"{RANGE}&tz=UTC")
+    cards = v["cards"]
+    counts = ("calls", "input_tokens", "output_tokens", "unpriced", "errors", "cache_hits")
+    assert {k: cards[k] for k in counts} == {k: SUMMARY[k] for k in counts}
+    assert D(cards["cost_usd"]) == SUMMARY["cost_usd"]
+    assert D(cards["cost_saved_usd"]) == SUMMARY["cost_saved_usd"]
+    assert isinstance(cards["cost_usd"], str)  # money as exact decimal strings, never floats
+
+
+def test_cost_by_model_per_day_with_gaps(ui: str) -> None:
+    v = overview(ui, f"{RANGE}&tz=UTC")
+    assert v["bucket"] == "day"
+    assert v["axis"] == [midnight(d, "UTC") for d in ("2025-06-01", "2025-06-02", "2025-06-03", "2025-06-04")]
+    t = v["cost_by_model"]
+    col = {c: i for i, c in enumerate(t["columns"])}
+    got = [(r[col["day"]], r[col["model"]], r[col["calls"]], r[col["cost_usd"]] and D(r[col["cost_usd"]]))
+           for r in t["rows"]]  # fmt: skip
+    assert got == [
+        ("2025-06-01", "claude-3-5-sonnet", 2, D("0.0105")),  # r04 (r05: a 429, unpriced)
+        ("2025-06-01", "gpt-4o", 3, D("0.003")),  # r01 + r02 + r03 (a hit: 0)
+        ("2025-06-02", "gpt-4o-mini", 3, D("0.0000195")),  # r06 (r07 failed, r08 a hit)
+        ("2025-06-03", "gpt-4o", 2, D("0.001625")),  # r11 + r12
+        ("2025-06-03", "gemini-1.5-pro", 2, D("0.0013")),  # r09 + r10
+    ]  # 2025-06-04 has no calls: on the axis, in no row (a gap, not a zero)
+    calls = v["calls"]
+    ccol = {c: i for i, c in enumerate(calls["columns"])}
+    assert [(r[ccol["day"]], r[ccol["calls"]], r[ccol["errors"]]) for r in calls["rows"]] == [
+        ("2025-06-01", 5, 1), ("2025-06-02", 3, 1), ("2025-06-03", 4, 1),  # r05 429, r07 500, r10 dropped
+    ]  # fmt: skip
+    assert set(v["sql"]) == {"cards", "cost_by_model", "calls", "errors", "latency"}
+
+
+def test_time_zone_moves_day_buckets(ui: str) -> None:
+    """r08 (2025-06-02 23:30 UTC) is 2025-06-03 08:30 in Tokyo; the axis starts at Tokyo's midnight."""
+    v = overview(ui, f"{RANGE}&tz=Asia/Tokyo")
+    calls = v["calls"]
+    col = {c: i for i, c in enumerate(calls["columns"])}
+    assert [(r[col["day"]], r[col["calls"]]) for r in calls["rows"]] == [
+        ("2025-06-01", 5), ("2025-06-02", 2), ("2025-06-03", 5)
+    ]  # fmt: skip
+    assert v["axis"][0] == midnight("2025-06-01", "Asia/Tokyo")
+    days = ("2025-06-01", "2025-06-02", "2025-06-03")
+    assert [r[0] for r in calls["rows"]] == [midnight(d, "Asia/Tokyo") for d in days]
+
+
+def test_filters_are_the_cli_flags(ui: str) -> None:
+    v = overview(ui, f"{RANGE}&tz=UTC&model=gpt-4o&property=feature=search")
+    assert v["cards"]["calls"] == 4  # r01 (feature=search, env=prod), r02, r03, r12; not r11 (chat)
+    v = overview(ui, f"{RANGE}&tz=UTC&model=gpt-4o")
+    assert v["cards"]["calls"] == 5 and D(v["cards"]["cost_usd"]) == D("0.004625")
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("since=yesterday", "since: expected a duration like 30m"),
+        ("tz=Mars/Olympus", "tz: unknown time zone 'Mars/Olympus'"),
+        ("colour=red", "unknown parameter 'colour'"),
+        ("rating=meh", "rating: expected up or down, got 'meh'"),
+    ],
+)
+def test_a_bad_parameter_is_a_400_naming_it(ui: str, query: str, message: str) -> None:
+    status, _, body = get(ui, f"/api/ui/overview?{query}")
+    assert status == 400
+    assert json.loads(body)["error"]["message"].startswith(message)
+
+
+def test_page_headers_and_host_check(ui: str) -> None:
+    status, headers, body = get(ui, "/ui/overview")
+    assert status == 200 and headers["content-type"] == "text/html; charset=utf-8"
+    assert b'<script type="module" src="/static/app.js">' in body
+    assert headers["content-security-policy"].startswith("default-src 'none'; script-src 'self';")
+    assert headers["x-frame-options"] == "DENY" and "access-control-allow-origin" not in headers
+    assert get(ui, "/")[0:2][0] == 302
+    status, _, body = get(ui, "/ui/overview", host="evil.example:80")  # a DNS-rebinding page
+    assert status == 421 and b"loopback Host" in body
+    assert get(ui, "/static/uPlot.iife.min.js")[0] == 200
+    assert get(ui, "/static/../views.py")[0] == 404
+
+
+def test_served_by_a_running_proxy(db: Path, tmp_path: Path, start_proxy: Callable[..., Proxy]) -> None:
+    """The proxy's local API port serves the same dashboard over its own file."""
+    copy = tmp_path / "proxy.duckdb"
+    shutil.copy(db, copy)
+    proxy = start_proxy(db=copy)
+    where = proxy.api.removeprefix("http://")
+    v = overview(where, f"{RANGE}&tz=UTC")
+    assert v["cards"]["calls"] == 12 and D(v["cards"]["cost_usd"]) == SUMMARY["cost_usd"]
+    assert get(where, "/ui/overview")[0] == 200
+
+
+def test_llmtap_ui_command(db: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "llmtap.cli", "ui", "--db", str(db), "--port", "0"],
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("llmtap dashboard at http://127.0.0.1:") and f"read-only over {db}" in line
+        where = line.split("http://", 1)[1].split("/", 1)[0]
+        assert overview(where, f"{RANGE}&tz=UTC")["cards"]["calls"] == 12
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+# --- in the browser ---------------------------------------------------------------------------------
+
+PAINTED = """() => [...document.querySelectorAll('[data-chart] canvas')].map(c => {
+    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i]) n++; return n; })"""
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.fail("Debian's chromium is needed (scripts/setup.sh installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def open_page(browser: Any, ui: str) -> Iterator[Callable[..., Any]]:
+    contexts, errors = [], []
+
+    def open_(query: str, tz: str = "UTC") -> Any:
+        ctx = browser.new_context(viewport={"width": 1200, "height": 900}, timezone_id=tz)
+        contexts.append(ctx)
+        page = ctx.new_page()
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.goto(f"http://{ui}/ui/overview?{query}")
+        page.wait_for_selector("body[data-ready]")
+        return page
+
+    yield open_
+    for ctx in contexts:
+        ctx.close()
+    assert errors == []
+
+
+def test_overview_page_paints_every_chart(open_page: Callable[..., Any], tmp_path: Path) -> None:
+    page = open_page(f"{RANGE}&tz=UTC")
+    assert page.locator('[data-card="Calls"]').inner_text() == "12"
+    assert page.locator('[data-card="Cost"]').inner_text() == f"${SUMMARY['cost_usd'].quantize(D('1e-9'))}"
+    painted = page.evaluate(PAINTED)
+    assert len(painted) == 4 and all(n > 500 for n in painted), painted
+    page.screenshot(path=str(tmp_path / "overview.png"), full_page=True)
+
+
+def test_a_click_on_a_model_filters_and_changes_the_url(open_page: Callable[..., Any]) -> None:
+    page = open_page(f"{RANGE}&tz=UTC")
+    page.locator('[data-top="models"] button[data-model="gpt-4o"]').click()
+    from playwright.sync_api import expect
+
+    expect(page.locator('[data-card="Calls"]')).to_have_text("5")  # no string eval: the CSP forbids it
+    assert "model=gpt-4o" in page.url
+    assert page.locator('[data-card="Cost"]').inner_text() == "$0.004625000"
+
+
+def test_the_browser_zone_is_the_default(open_page: Callable[..., Any]) -> None:
+    """No tz in the URL: the browser's zone decides the day buckets (Tokyo: r08 moves to 06-03)."""
+    page = open_page(RANGE, tz="Asia/Tokyo")
+    assert page.locator("#status").inner_text() == "4 day buckets, Asia/Tokyo"
+    assert page.evaluate("new URLSearchParams(location.search).get('tz')") is None
