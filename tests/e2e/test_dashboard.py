@@ -203,13 +203,13 @@ def browser() -> Iterator[Any]:
 def open_page(browser: Any, ui: str) -> Iterator[Callable[..., Any]]:
     contexts, errors = [], []
 
-    def open_(query: str, tz: str = "UTC") -> Any:
+    def open_(query: str, tz: str = "UTC", path: str = "overview") -> Any:
         ctx = browser.new_context(viewport={"width": 1200, "height": 900}, timezone_id=tz)
         contexts.append(ctx)
         page = ctx.new_page()
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.goto(f"http://{ui}/ui/overview?{query}")
+        page.goto(f"http://{ui}/ui/{path}?{query}")
         page.wait_for_selector("body[data-ready]")
         return page
 
@@ -243,3 +243,101 @@ def test_the_browser_zone_is_the_default(open_page: Callable[..., Any]) -> None:
     page = open_page(RANGE, tz="Asia/Tokyo")
     assert page.locator("#status").inner_text() == "4 day buckets, Asia/Tokyo"
     assert page.evaluate("new URLSearchParams(location.search).get('tz')") is None
+
+
+# --- the requests log and its drawer ------------------------------------------------------------------
+
+
+def test_requests_log_is_keyset_paged_newest_first(ui: str) -> None:
+    seen, cursor, pages = [], "", 0
+    while True:
+        after = f"&before={cursor}" if cursor else ""
+        v = overview_like(ui, f"/api/ui/requests?{RANGE}&tz=UTC&limit=5{after}")
+        assert "OFFSET" not in v["sql"].upper()
+        seen += [r[v["columns"].index("request_id")] for r in v["rows"]]
+        pages += 1
+        if not v["next"]:
+            break
+        cursor = v["next"].replace("+", "%2B")
+    assert pages == 3
+    assert seen == [f"r{i:02d}" for i in range(12, 0, -1)]
+
+
+def test_requests_log_filters_and_search(ui: str, bodies: str) -> None:
+    v = overview_like(ui, f"/api/ui/requests?{RANGE}&tz=UTC&model=gpt-4o-mini")
+    assert [r[0] for r in v["rows"]] == ["r08", "r07", "r06"]
+    status, _, body = get(ui, "/api/ui/requests?q=hello")
+    assert status == 400 and b"q: a text search needs a time window" in body
+    v = overview_like(bodies, "/api/ui/requests?since=2025-06-01&q=NEEDLE")
+    assert [r[0] for r in v["rows"]] == ["big"]
+
+
+def overview_like(where: str, path: str) -> dict[str, Any]:
+    status, _, body = get(where, path)
+    assert status == 200, body
+    return json.loads(body)
+
+
+BIG = "x" * (5 * 1024 * 1024)
+
+
+@pytest.fixture(scope="module")
+def bodies(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A file with one call whose response is 5 MB, and one whose stream is a few events."""
+    path = tmp_path_factory.mktemp("bodies") / "tap.duckdb"
+    stream = "".join(f'data: {{"i": {i}}}\n\n' for i in range(7)) + "data: [DONE]\n\n"
+    with duckdb.connect(str(path)) as conn:
+        migrate(conn)
+        for rid, req, resp, streamed in (("big", '{"q": "needle"}', BIG, False), ("sse", "{}", stream, True)):
+            conn.execute(
+                "INSERT INTO requests (request_id, created_at, source, provider, api, host, method, path,"
+                " model, status, streamed, request_body, response_body, request_headers)"
+                " VALUES (?, TIMESTAMPTZ '2025-06-02 10:00:00+00', 'proxy', 'openai', 'openai',"
+                " 'api.openai.com', 'POST', '/v1/chat/completions', 'gpt-4o', 200, ?, ?, ?, ?)",
+                [rid, streamed, req, resp, '{"authorization": "[REDACTED]"}'],
+            )
+    server = standalone._Server(0, path)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    yield f"127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_request_detail_and_a_large_body(bodies: str) -> None:
+    v = overview_like(bodies, "/api/ui/request/big")
+    resp = v["request"]["response_body"]
+    assert resp["size"] == len(BIG) and "text" not in resp
+    assert len(resp["head"]) == len(resp["tail"]) == 32 * 1024
+    assert v["request"]["request_body"] == {"size": 15, "text": '{"q": "needle"}'}
+    status, headers, body = get(bodies, "/api/ui/request/big/body/response")
+    assert status == 200 and body == BIG.encode() and headers["content-disposition"].startswith("attachment;")
+    assert get(bodies, "/api/ui/request/nope")[0] == 404
+
+
+def test_requests_page_and_drawer(open_page: Callable[..., Any]) -> None:
+    from playwright.sync_api import expect
+
+    page = open_page(f"{RANGE}&tz=UTC&limit=50", path="requests")
+    expect(page.locator("#log tbody tr")).to_have_count(12)
+    page.locator('#log tbody tr[data-id="r04"]').click()
+    drawer = page.locator("#drawer")
+    expect(drawer.locator("h2")).to_have_text("anthropic / claude-3-5-sonnet")
+    expect(drawer.locator("dl")).to_contain_text("$0.010500000")
+
+
+def test_a_5_mb_body_opens_without_hanging(browser: Any, bodies: str) -> None:
+    from playwright.sync_api import expect
+
+    ctx = browser.new_context(viewport={"width": 1200, "height": 900}, timezone_id="UTC")
+    try:
+        page = ctx.new_page()
+        page.goto(f"http://{bodies}/ui/requests?since=2025-06-01")
+        page.wait_for_selector("body[data-ready]")
+        page.locator('#log tbody tr[data-id="big"]').click()
+        expect(page.locator('[data-body="response"]')).to_contain_text("5,242,880 characters", timeout=5000)
+        page.keyboard.press("Escape")  # the drawer covers the log, as it would a user's
+        expect(page.locator("#drawer")).to_be_hidden()
+        page.locator('#log tbody tr[data-id="sse"]').click()
+        expect(page.locator('[data-body="response"] .events li')).to_have_count(8, timeout=5000)
+    finally:
+        ctx.close()

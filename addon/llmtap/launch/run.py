@@ -7,7 +7,7 @@ with the environment of environment.py, and when it exits the proxy is stopped a
 The exit status is the command's (128 + N when a signal N ended it).
 
 Signals: the command runs in llmtap's process group, so a terminal's Ctrl-C (SIGINT, SIGQUIT)
-reaches it directly, and llmtap ignores those while it waits, as `time` does; SIGTERM, SIGHUP,
+reaches it directly, and llmtap does nothing with those while it waits, as `time` does; SIGTERM, SIGHUP,
 SIGUSR1 and SIGUSR2 sent to llmtap are passed on to the command. The proxy runs in a session of its
 own, so no signal meant for the command stops it before the command's last call is logged.
 """
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace, mitmdump_args: list[str]) -> int:
     try:
         bundle = trust.bundle(trust.ca_cert(confdir))
         env = os.environ | environment.variables(url, bundle, api)
-        status = _wait(_spawn(args.command, env))
+        status = _run_command(args.command, env)
     finally:
         if proxy is not None:
             _stop(proxy)
@@ -126,27 +126,31 @@ def _stop(proxy: proxyproc.ProxyProcess) -> None:
         shutil.rmtree(proxy.log.parent, ignore_errors=True)
 
 
-def _spawn(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes] | int:
-    """The command started, or the shell's status for one that cannot be (127 not found, 126 not
-    executable), said on stderr as a shell says it."""
-    try:
-        return subprocess.Popen(command, env=env)
-    except FileNotFoundError:
-        print(f"llmtap: {command[0]}: command not found", file=sys.stderr)
-        return 127
-    except PermissionError:
-        print(f"llmtap: {command[0]}: permission denied", file=sys.stderr)
-        return 126
+def _run_command(command: list[str], env: dict[str, str]) -> int:
+    """Run the command and wait for it, passing signals on; its exit status as a shell reports it
+    (127 not found, 126 not executable, 128 + N killed by signal N).
 
+    llmtap's own handlers are Python functions, installed before the command starts: an exec
+    resets them to the default in the child, where SIG_IGN would be inherited (and a Python child
+    that starts with SIGINT ignored never raises KeyboardInterrupt)."""
+    started: list[subprocess.Popen[bytes]] = []
 
-def _wait(child: subprocess.Popen[bytes] | int) -> int:
-    """Wait for the command, passing signals on; its exit status as a shell reports it."""
-    if isinstance(child, int):
-        return child
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in IGNORED}
-    previous |= {sig: signal.signal(sig, lambda s, _f: child.send_signal(s)) for sig in PASSED_ON}
+    def pass_on(sig: int, _frame: object) -> None:
+        if started:
+            started[0].send_signal(sig)
+
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in IGNORED}
+    previous |= {sig: signal.signal(sig, pass_on) for sig in PASSED_ON}
     try:
-        rc = child.wait()
+        try:
+            started.append(subprocess.Popen(command, env=env))
+        except FileNotFoundError:
+            print(f"llmtap: {command[0]}: command not found", file=sys.stderr)
+            return 127
+        except PermissionError:
+            print(f"llmtap: {command[0]}: permission denied", file=sys.stderr)
+            return 126
+        rc = started[0].wait()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -468,6 +468,39 @@ def _top(where: list[str], p: _Params, opts: Options) -> str:
     )
 
 
+LOG_COLUMNS = (
+    "request_id", "created_at", "provider", "model", "endpoint", "status", "streamed", "cache_status",
+    "input_tokens", "output_tokens", "cost_usd", "latency_ms", "ttft_ms", "user_id", "session_id", "error",
+    "rate_limited", "retries", "source",
+)  # fmt: skip
+
+
+def log_page(
+    conn: duckdb.DuckDBPyConnection,
+    opts: Options,
+    before: tuple[datetime, str] | None = None,
+    limit: int = 50,
+    search: str | None = None,
+    now: datetime | None = None,
+) -> Report:
+    """The requests log, newest first, one page: keyset-paged (the rows before `before`, a
+    (created_at, request_id) of the last page's last row), never OFFSET, so page 1,000 costs what
+    page 1 does. `search` matches the bodies, case-insensitively, within the filtered rows only
+    (the dashboard asks for a time window with it: a body scan is the slow part)."""
+    _set_timezone(conn, opts.tz)
+    p = _Params()
+    where = _where(conn, opts, p, now or datetime.now(UTC))
+    if before is not None:
+        where.append(f"(created_at, request_id) < ({p(before[0])}, {p(before[1])})")
+    if search:
+        text = p(search.lower())
+        where.append(f"(contains(lower(request_body), {text}) OR contains(lower(response_body), {text}))")
+    cond = " AND ".join(where) or "true"
+    sql = (f"SELECT {', '.join(LOG_COLUMNS)} FROM requests WHERE {cond}\n"
+           f"ORDER BY created_at DESC, request_id DESC LIMIT {p(limit)}")  # fmt: skip
+    return Report("log", sql, p.values, "rows")
+
+
 SESSION_COLUMNS = (
     "session_id", "session_name", "path", "depth", "calls", "cost_usd", "duration_s", "first_seen",
     "last_seen",

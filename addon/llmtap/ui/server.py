@@ -22,7 +22,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote
 
 from llmtap.ui import views
 
@@ -33,7 +33,7 @@ VENDORED = {
     "uPlot.iife.min.js": VENDOR / "uplot" / "dist" / "uPlot.iife.min.js",
     "uPlot.min.css": VENDOR / "uplot" / "dist" / "uPlot.min.css",
 }
-PAGES = ("overview",)
+PAGES = ("overview", "requests")
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "font-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")  # fmt: skip
 SECURITY = {"content-security-policy": CSP, "x-content-type-options": "nosniff", "x-frame-options": "DENY",
@@ -82,9 +82,17 @@ def handle(
 
 def _view(name: str, params: dict[str, list[str]], db: Path, now: datetime | None) -> Response:
     try:
+        if m := re.fullmatch(r"request/([^/]+)", name):
+            return _json(200, views.request(db, unquote(m[1])))
+        if m := re.fullmatch(r"request/([^/]+)/body/(request|response)", name):
+            data = views.body(db, unquote(m[1]), m[2])
+            disposition = f'attachment; filename="{m[2]}-body-{re.sub(r"[^A-Za-z0-9_-]", "", m[1])}.txt"'
+            return Response(200, "text/plain; charset=utf-8", data, {"content-disposition": disposition})
         opts = views.options(params)
         if name == "overview":
             return _json(200, views.overview(db, opts, now))
+        if name == "requests":
+            return _json(200, views.requests(db, opts, params, now))
     except views.ViewError as e:
         return _error(e.status, str(e))
     return _error(404, f"no view {name!r}")

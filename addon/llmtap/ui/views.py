@@ -23,6 +23,9 @@ from llmtap.storage import query
 
 QUERY_SECONDS = 10.0
 FILTERS = ("since", "until", "provider", "model", "user", "session", "property", "rating", "score", "tz")
+PAGING = ("before", "limit", "q")  # the requests log's own parameters
+PAGE_SIZE = 50
+BODY_PREVIEW = 64 * 1024  # a body larger than this is sent as its size, head and tail
 
 
 class ViewError(Exception):
@@ -35,7 +38,7 @@ class ViewError(Exception):
 
 def options(params: dict[str, list[str]]) -> catalog.Options:
     """The CLI's filters from a query string; a bad value is a 400 naming the parameter."""
-    unknown = sorted(set(params) - set(FILTERS) - {"bucket", "by"})
+    unknown = sorted(set(params) - set(FILTERS) - set(PAGING))
     if unknown:
         raise ViewError(400, f"unknown parameter {unknown[0]!r}: expected one of {', '.join(FILTERS)}")
     opts = catalog.Options()
@@ -189,3 +192,84 @@ def _grouped(opts: catalog.Options, *by: str) -> catalog.Options:
 def _table(columns: list[str], rows: list[tuple], tz: str) -> dict[str, Any]:
     """Rows with their bucket's start as `t` (Unix seconds) first, for the charts."""
     return {"columns": ["t", *columns], "rows": [[epoch(r[0], tz), *r] for r in rows]}
+
+
+def requests(
+    db: Path, opts: catalog.Options, params: dict[str, list[str]], now: datetime | None = None
+) -> dict[str, Any]:
+    """One page of the log, newest first, and the cursor of the next (`before`), if any."""
+    now = now or datetime.now(UTC)
+    before = _cursor(params.get("before", [""])[-1])
+    limit = _limit(params.get("limit", [str(PAGE_SIZE)])[-1])
+    search = params.get("q", [""])[-1].strip() or None
+    if search and opts.since is None:
+        raise ViewError(400, "q: a text search needs a time window (since)")
+
+    def work(conn: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+        page = catalog.log_page(conn, opts, before, limit + 1, search, now)
+        columns, rows = query.fetch(conn, page.sql, page.params)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        cursor = f"{rows[-1][1].astimezone(UTC).isoformat()}|{rows[-1][0]}" if more else None
+        return {"columns": columns, "rows": [list(r) for r in rows], "next": cursor, "sql": page.sql}
+
+    return run(db, work)
+
+
+def request(db: Path, request_id: str) -> dict[str, Any]:
+    """Everything about one call: its row (a large body as size, head and tail), feedback, scores."""
+
+    def work(conn: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+        columns, rows = query.fetch(conn, "SELECT * FROM requests WHERE request_id = $id", {"id": request_id})
+        if not rows:
+            raise ViewError(404, f"no request with id {request_id!r}")
+        row = dict(zip(columns, rows[0], strict=True))
+        for name in ("request_body", "response_body"):
+            row[name] = _preview(row[name])
+        _, feedback = query.fetch(conn, "SELECT rating, created_at FROM feedback WHERE request_id = $id"
+                                  " ORDER BY created_at", {"id": request_id})  # fmt: skip
+        _, scores = query.fetch(conn, "SELECT name, value, created_at FROM scores WHERE request_id = $id"
+                                " ORDER BY created_at", {"id": request_id})  # fmt: skip
+        return {"request": row, "feedback": [list(f) for f in feedback], "scores": [list(x) for x in scores]}
+
+    return run(db, work)
+
+
+def body(db: Path, request_id: str, which: str) -> bytes:
+    """A whole body, for download."""
+    if which not in ("request", "response"):
+        raise ViewError(404, f"no body {which!r}: request or response")
+
+    def work(conn: duckdb.DuckDBPyConnection) -> bytes:
+        sql = f"SELECT {which}_body FROM requests WHERE request_id = $id"  # which: one of two names
+        _, rows = query.fetch(conn, sql, {"id": request_id})
+        if not rows:
+            raise ViewError(404, f"no request with id {request_id!r}")
+        return (rows[0][0] or "").encode()
+
+    return run(db, work)
+
+
+def _preview(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    if len(text) <= BODY_PREVIEW:
+        return {"size": len(text), "text": text}
+    half = BODY_PREVIEW // 2
+    return {"size": len(text), "head": text[:half], "tail": text[-half:]}
+
+
+def _cursor(text: str) -> tuple[datetime, str] | None:
+    if not text:
+        return None
+    at, sep, request_id = text.partition("|")
+    try:
+        return datetime.fromisoformat(at), request_id
+    except ValueError:
+        raise ViewError(400, f"before: expected the cursor a page returned, got {text!r}") from None
+
+
+def _limit(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 500:
+        raise ViewError(400, f"limit: expected a whole number from 1 to 500, got {text!r}")
+    return int(text)

@@ -182,32 +182,163 @@ function renderFilters(p) {
   }
 }
 
-async function load() {
-  const p = params();
-  renderFilters(p);
-  document.querySelectorAll("nav a").forEach((a) => a.toggleAttribute("aria-current", a.pathname === location.pathname));
+const page = () => location.pathname.split("/")[2] || "overview";
+
+async function getJSON(url) {
   const status = document.getElementById("status");
-  status.className = "";
-  status.textContent = "loading…";
-  const reply = await fetch(`/api/ui/overview?${query(p)}`);
+  const reply = await fetch(url);
   const body = await reply.json();
   if (!reply.ok) {
     status.className = "error";
     status.textContent = body.error?.message ?? `error ${reply.status}`;
-    return;
+    return null;
   }
+  return body;
+}
+
+async function loadOverview(p) {
+  const body = await getJSON(`/api/ui/overview?${query(p)}`);
+  if (!body) return;
   renderCards(body.cards);
   renderCharts(body);
   renderTops(body);
-  document.querySelector("#sql pre").textContent = Object.entries(body.sql).map(([k, s]) => `-- ${k}\n${s}`).join("\n\n");
-  status.textContent = `${body.axis.length} ${body.bucket} buckets, ${body.tz}`;
+  showSQL(body.sql);
+  document.getElementById("status").textContent = `${body.axis.length} ${body.bucket} buckets, ${body.tz}`;
+}
+
+function showSQL(sql) {
+  const text = typeof sql === "string" ? sql : Object.entries(sql).map(([k, s]) => `-- ${k}\n${s}`).join("\n\n");
+  document.querySelector(`main[data-page="${page()}"] .sql pre`).textContent = text;
+}
+
+// --- requests: the log, newest first, keyset-paged, and a drawer per call -----------------------
+
+let next = null;
+
+function badge(text, kind) {
+  return el("span", { class: `badge ${kind ?? ""}` }, text);
+}
+
+function logRow(columns, r) {
+  const f = Object.fromEntries(columns.map((c, i) => [c, r[i]]));
+  const failed = f.error != null || f.status == null || f.status >= 400;
+  const when = new Date(f.created_at).toLocaleString("en-GB", { timeZone: params().get("tz") });
+  const tr = el("tr", { "data-id": f.request_id },
+    el("td", {}, when), el("td", {}, `${f.provider} / ${f.model ?? "?"}${f.streamed ? " (stream)" : ""}`),
+    el("td", {}, badge(f.status ?? "no answer", failed ? "err" : "")),
+    el("td", {}, f.cache_status ? badge(f.cache_status, f.cache_status === "HIT" ? "hit" : "") : ""),
+    el("td", { class: "num" }, f.input_tokens == null ? "" : int.format(f.input_tokens)),
+    el("td", { class: "num" }, f.output_tokens == null ? "" : int.format(f.output_tokens)),
+    el("td", { class: "num" }, money(f.cost_usd)),
+    el("td", { class: "num" }, f.latency_ms == null ? "" : Math.round(f.latency_ms)),
+    el("td", {}, f.user_id ?? ""));
+  tr.addEventListener("click", () => openDrawer(f.request_id));
+  return tr;
+}
+
+async function loadRequests(p, append = false) {
+  const q = query(p);
+  if (append && next) q.set("before", next);
+  const body = await getJSON(`/api/ui/requests?${q}`);
+  if (!body) return;
+  const tbody = document.querySelector("#log tbody");
+  const rows = body.rows.map((r) => logRow(body.columns, r));
+  if (append) tbody.append(...rows);
+  else tbody.replaceChildren(...rows);
+  next = body.next;
+  document.getElementById("more").hidden = !next;
+  showSQL(body.sql);
+  document.getElementById("status").textContent = `${tbody.children.length} calls shown, newest first`;
+}
+
+function isStream(text) {
+  return /^(data|event):/.test(text) || text.includes("\n\ndata:");
+}
+
+function showBody(box, body, id, which) {
+  box.replaceChildren();
+  if (body == null) {
+    box.append(el("p", {}, "not stored (Helicone-Omit or no body)"));
+    return;
+  }
+  const size = el("p", {}, `${int.format(body.size)} characters `);
+  const link = el("a", { href: `/api/ui/request/${encodeURIComponent(id)}/body/${which}`, download: "" }, "download");
+  size.append(link);
+  box.append(size);
+  if (body.text == null) {  // a large body: its head and its tail, never the whole thing
+    box.append(el("pre", {}, body.head), el("p", {}, "…"), el("pre", {}, body.tail));
+    return;
+  }
+  if (isStream(body.text)) {
+    const events = body.text.split(/\r?\n\r?\n/).filter((e) => e.trim());
+    const list = el("ol", { class: "events" }, ...events.slice(0, 500).map((e) => el("li", {}, e)));
+    box.append(el("p", {}, `${events.length} events`), list);
+    return;
+  }
+  let shown = body.text;
+  try { shown = JSON.stringify(JSON.parse(body.text), null, 2); } catch { /* not JSON: shown as it is */ }
+  box.append(el("pre", {}, shown));
+}
+
+async function openDrawer(id) {
+  const body = await getJSON(`/api/ui/request/${encodeURIComponent(id)}`);
+  if (!body) return;
+  const r = body.request;
+  const drawer = document.getElementById("drawer");
+  drawer.querySelector("h2").textContent = `${r.provider} / ${r.model ?? "?"}`;
+  const fields = [
+    ["request id", r.request_id], ["time", r.created_at], ["endpoint", r.host ? `${r.method} ${r.host}${r.path}` : null],
+    ["status", r.status ?? "no answer"], ["error", r.error], ["latency", r.latency_ms == null ? null : `${r.latency_ms} ms`],
+    ["time to first token", r.ttft_ms == null ? null : `${r.ttft_ms} ms`],
+    ["tokens", `${r.input_tokens ?? "?"} in (cached ${r.cache_read_tokens ?? 0}, cache write ${r.cache_write_tokens ?? 0}) / ${r.output_tokens ?? "?"} out (reasoning ${r.reasoning_tokens ?? 0}), ${r.usage_source ?? "no usage"}`],
+    ["cost", `${money(r.cost_usd)}${r.cost_note ? ` (${r.cost_note})` : ""}, genai-prices ${r.prices_version ?? "?"}`],
+    ["user", r.user_id], ["session", r.session_id && `${r.session_id} ${r.session_path ?? ""}`],
+    ["properties", r.properties], ["cache", r.cache_status && `${r.cache_status}${r.cache_reference_id ? ` of ${r.cache_reference_id}` : ""}`],
+    ["retries", r.retries], ["fallback index", r.fallback_index],
+  ];
+  drawer.querySelector("dl").replaceChildren(...fields.filter(([, v]) => v != null && v !== "")
+    .flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
+  showBody(drawer.querySelector('[data-body="request"]'), r.request_body, r.request_id, "request");
+  showBody(drawer.querySelector('[data-body="response"]'), r.response_body, r.request_id, "response");
+  drawer.querySelector('[data-field="request_headers"]').textContent = r.request_headers ?? "";
+  drawer.querySelector('[data-field="attempts"]').textContent = r.attempts ?? "llmtap made no extra attempt";
+  drawer.querySelector('[data-field="annotations"]').textContent =
+    JSON.stringify({ feedback: body.feedback, scores: body.scores }, null, 2);
+  drawer.hidden = false;
+  drawer.dataset.id = r.request_id;
+}
+
+async function load() {
+  const p = params();
+  document.body.dataset.page = page();
+  for (const m of document.querySelectorAll("main[data-page]")) m.hidden = m.dataset.page !== page();
+  renderFilters(p);
+  document.getElementById("filters").q.value = p.get("q") ?? "";
+  document.querySelectorAll("nav a").forEach((a) => {
+    a.toggleAttribute("aria-current", a.pathname === location.pathname);
+    const keep = query(p);
+    keep.delete("q");
+    a.search = `?${keep}`;
+  });
+  const status = document.getElementById("status");
+  status.className = "";
+  status.textContent = "loading…";
+  delete document.body.dataset.ready;
+  if (page() === "requests") await loadRequests(p);
+  else await loadOverview(p);
   document.body.dataset.ready = "1";
 }
 
 document.getElementById("filters").addEventListener("change", (e) => {
   const p = params();
-  p.set(e.target.name, e.target.value);
+  if (e.target.value) p.set(e.target.name, e.target.value);
+  else p.delete(e.target.name);
   navigate(p);
 });
+document.getElementById("filters").addEventListener("submit", (e) => e.preventDefault());
+document.getElementById("more").addEventListener("click", () => loadRequests(params(), true));
+const closeDrawer = () => { document.getElementById("drawer").hidden = true; };
+document.getElementById("close").addEventListener("click", closeDrawer);
+document.addEventListener("keydown", (e) => { if (e.key === "Escape") closeDrawer(); });
 window.addEventListener("popstate", load);
 load();
