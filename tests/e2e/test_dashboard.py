@@ -213,6 +213,7 @@ def open_page(browser: Any, ui: str) -> Iterator[Callable[..., Any]]:
         page.wait_for_selector("body[data-ready]")
         return page
 
+    open_.errors = errors  # type: ignore[attr-defined]
     yield open_
     for ctx in contexts:
         ctx.close()
@@ -341,3 +342,84 @@ def test_a_5_mb_body_opens_without_hanging(browser: Any, bodies: str) -> None:
         expect(page.locator('[data-body="response"] .events li')).to_have_count(8, timeout=5000)
     finally:
         ctx.close()
+
+
+# --- report pages, exports, SQL -----------------------------------------------------------------------
+
+
+def test_report_view_is_the_cli_report(ui: str) -> None:
+    v = overview_like(ui, "/api/ui/report/cost?tz=UTC&by=user")
+    col = v["columns"]
+    got = [(r[col.index("user_id")], r[col.index("calls")], D(r[col.index("cost_usd")])) for r in v["rows"]]
+    assert got == [("bob", 3, D("0.011475")), ("alice", 6, D("0.00495")), ("carol", 2, D("0.0000195")),
+                   (None, 1, D("0"))]  # fmt: skip
+    status, _, body = get(ui, "/api/ui/report/cost?by=colour")
+    assert status == 400 and b"by: cannot group by 'colour'" in body
+    assert overview_like(ui, "/api/ui/property-keys") == ["env", "feature"]
+
+
+def test_exports_are_written_by_the_cli_code(ui: str, db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from llmtap.cli import main
+
+    status, headers, body = get(ui, "/api/ui/export/report/cost.csv?tz=UTC&by=user")
+    assert status == 200 and headers["content-type"] == "text/csv; charset=utf-8"
+    assert main(["report", "cost", "--by", "user", "--format", "csv", "--db", str(db)]) == 0
+    assert body.decode() == capsys.readouterr().out
+    status, _, body = get(ui, f"/api/ui/export/requests.json?{RANGE}&tz=UTC&model=gpt-4o")
+    assert [r["request_id"] for r in json.loads(body)] == ["r12", "r11", "r03", "r02", "r01"]
+    status, headers, body = get(ui, f"/api/ui/export/requests.parquet?{RANGE}&tz=UTC")
+    assert status == 200 and body[:4] == b"PAR1"
+    tmp = db.parent / "export.parquet"
+    tmp.write_bytes(body)
+    with duckdb.connect() as conn:
+        exported = conn.execute(f"SELECT count(*), sum(cost_usd) FROM '{tmp}'").fetchone()
+    assert exported == (12, SUMMARY["cost_usd"])
+
+
+def test_sql_box_is_read_only_and_refuses_other_files(ui: str) -> None:
+    from urllib.parse import quote
+
+    text = "SELECT count(*) AS n, sum(cost_usd) AS c FROM requests"
+    v = overview_like(ui, "/api/ui/sql?sql=" + quote(text))
+    assert (v["columns"], v["rows"], v["total"]) == (["n", "c"], [[12, "0.016444500"]], 1)
+    for text in ("COPY requests TO '/tmp/llmtap-leak.csv'", "SELECT * FROM read_csv('/etc/passwd')",
+                 "ATTACH '/tmp/other.duckdb'", "DELETE FROM requests"):  # fmt: skip
+        status, _, body = get(ui, "/api/ui/sql?sql=" + quote(text))
+        assert status == 400, text
+        message = json.loads(body)["error"]["message"]
+        assert "file system operations are disabled" in message or "read-only" in message, message
+    assert not Path("/tmp/llmtap-leak.csv").exists()
+    text = "SELECT request_id FROM requests ORDER BY 1 LIMIT 2"
+    status, _, body = get(ui, "/api/ui/sql.csv?sql=" + quote(text))
+    assert body.decode() == "request_id\nr01\nr02\n"
+
+
+def test_cross_site_writes_are_refused(start_proxy: Callable[..., Proxy]) -> None:
+    proxy = start_proxy()
+    where = proxy.api.removeprefix("http://")
+    conn = http.client.HTTPConnection(where, timeout=30)
+    headers = {"Host": where, "Origin": "https://evil.example", "Content-Type": "application/json"}
+    conn.request("POST", "/v1/request/r01/feedback", body=b'{"rating": true}', headers=headers)
+    reply = conn.getresponse()
+    assert reply.status == 403 and b"cross-site POST refused" in reply.read()
+    conn.close()
+
+
+@pytest.mark.parametrize("name", ["overview", "requests", "sessions", "users", "properties", "cache", "sql"])
+def test_every_page_loads_without_a_console_error(open_page: Callable[..., Any], name: str) -> None:
+    page = open_page(f"{RANGE}&tz=UTC", path=name)
+    assert page.locator("#status").get_attribute("class") != "error", page.locator("#status").inner_text()
+
+
+def test_sql_page_refuses_copy(open_page: Callable[..., Any]) -> None:
+    from playwright.sync_api import expect
+
+    page = open_page("", path="sql")
+    page.locator("#sqlform textarea").fill("COPY requests TO '/tmp/llmtap-leak.csv'")
+    page.locator("#sqlform button").click()
+    expect(page.locator("#status")).to_contain_text("file system operations are disabled")
+    refused = "Failed to load resource: the server responded with a status of 400 (Bad Request)"
+    open_page.errors.remove(refused)  # the refusal itself: the one console line it may cause
+    page.locator("#sqlform textarea").fill("SELECT count(*) AS n FROM requests")
+    page.locator("#sqlform button").click()
+    expect(page.locator("#sql-result td")).to_have_text("12")

@@ -56,6 +56,17 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def same_origin(headers: dict[str, str]) -> bool:
+    """A write from a web page must come from this server's own pages: browsers send `Origin` (and
+    `Sec-Fetch-Site`) with cross-site requests; SDKs, curl and the loggers send neither."""
+    if headers.get("sec-fetch-site") in ("cross-site", "same-site"):
+        return False
+    origin = headers.get("origin")
+    if origin is None:
+        return True
+    return origin.split("://", 1)[-1] == headers.get("host")
+
+
 def is_loopback(host: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
@@ -158,6 +169,8 @@ class Server:
         }
         if self.key and not hmac.compare_digest(headers.get("authorization", ""), f"Bearer {self.key}"):
             raise ApiError(401, "missing or wrong Authorization: Bearer <llmtap_api_key>")
+        if method.upper() not in ("GET", "HEAD") and not same_origin(headers):
+            raise ApiError(403, f"cross-site {method} refused (Origin {headers.get('origin')!r})")
         length = int(headers.get("content-length") or 0)
         if length > MAX_BODY:
             await _discard(reader, length)  # so the client reads our answer instead of a reset

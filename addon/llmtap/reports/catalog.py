@@ -479,7 +479,7 @@ def log_page(
     conn: duckdb.DuckDBPyConnection,
     opts: Options,
     before: tuple[datetime, str] | None = None,
-    limit: int = 50,
+    limit: int | None = 50,
     search: str | None = None,
     now: datetime | None = None,
 ) -> Report:
@@ -496,8 +496,9 @@ def log_page(
         text = p(search.lower())
         where.append(f"(contains(lower(request_body), {text}) OR contains(lower(response_body), {text}))")
     cond = " AND ".join(where) or "true"
+    cap = f" LIMIT {p(limit)}" if limit is not None else ""  # None: every matching row (an export)
     sql = (f"SELECT {', '.join(LOG_COLUMNS)} FROM requests WHERE {cond}\n"
-           f"ORDER BY created_at DESC, request_id DESC LIMIT {p(limit)}")  # fmt: skip
+           f"ORDER BY created_at DESC, request_id DESC{cap}")  # fmt: skip
     return Report("log", sql, p.values, "rows")
 
 

@@ -33,7 +33,7 @@ VENDORED = {
     "uPlot.iife.min.js": VENDOR / "uplot" / "dist" / "uPlot.iife.min.js",
     "uPlot.min.css": VENDOR / "uplot" / "dist" / "uPlot.min.css",
 }
-PAGES = ("overview", "requests")
+PAGES = ("overview", "requests", "users", "properties", "cache", "sessions", "sql")
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "font-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")  # fmt: skip
 SECURITY = {"content-security-policy": CSP, "x-content-type-options": "nosniff", "x-frame-options": "DENY",
@@ -88,7 +88,23 @@ def _view(name: str, params: dict[str, list[str]], db: Path, now: datetime | Non
             data = views.body(db, unquote(m[1]), m[2])
             disposition = f'attachment; filename="{m[2]}-body-{re.sub(r"[^A-Za-z0-9_-]", "", m[1])}.txt"'
             return Response(200, "text/plain; charset=utf-8", data, {"content-disposition": disposition})
+        if name in ("sql", "sql.csv", "sql.json"):
+            text = params.get("sql", [""])[-1]
+            if name == "sql":
+                return _json(200, views.sql(db, text))
+            fmt = name.split(".")[1]
+            headers = {"content-disposition": f'attachment; filename="llmtap-sql.{fmt}"'}
+            return Response(200, views.EXPORTS[fmt], views.sql_export(db, text, fmt), headers)
+        if name == "property-keys":
+            return _json(200, views.property_keys(db))
         opts = views.options(params)
+        if m := re.fullmatch(r"export/(.+)\.(csv|json|parquet)", name):
+            data = views.export(db, m[1], m[2], opts, params)
+            filename = f"llmtap-{m[1].replace('/', '-')}.{m[2]}"
+            headers = {"content-disposition": f'attachment; filename="{filename}"'}
+            return Response(200, views.EXPORTS[m[2]], data, headers)
+        if m := re.fullmatch(r"report/([a-z]+)", name):
+            return _json(200, views.report(db, m[1], opts, params))
         if name == "overview":
             return _json(200, views.overview(db, opts, now))
         if name == "requests":

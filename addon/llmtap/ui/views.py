@@ -9,6 +9,7 @@ query runs on a short-lived read-only connection with external access off and a 
 
 from __future__ import annotations
 
+import tempfile
 import threading
 from collections.abc import Callable
 from datetime import UTC, date, datetime, time, timedelta
@@ -18,12 +19,15 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import duckdb
 
-from llmtap.reports import catalog
+from llmtap.reports import catalog, output
 from llmtap.storage import query
 
 QUERY_SECONDS = 10.0
 FILTERS = ("since", "until", "provider", "model", "user", "session", "property", "rating", "score", "tz")
-PAGING = ("before", "limit", "q")  # the requests log's own parameters
+PAGING = ("before", "limit", "q", "by", "sql", "key")  # the pages' own parameters
+SQL_ROWS = 1000  # rows the SQL page shows (an export has them all)
+EXPORTS = {"csv": "text/csv; charset=utf-8", "json": "application/json",
+           "parquet": "application/vnd.apache.parquet"}  # fmt: skip
 PAGE_SIZE = 50
 BODY_PREVIEW = 64 * 1024  # a body larger than this is sent as its size, head and tail
 
@@ -119,10 +123,15 @@ def axis(bucket: str, tz: str, start: datetime, end: datetime) -> list[int]:
     return out
 
 
-def run(db: Path, work: Callable[[duckdb.DuckDBPyConnection], Any], seconds: float = QUERY_SECONDS) -> Any:
+def run(
+    db: Path,
+    work: Callable[[duckdb.DuckDBPyConnection], Any],
+    seconds: float = QUERY_SECONDS,
+    external_access: bool = False,
+) -> Any:
     """`work` on a fresh read-only connection, external access off, interrupted after `seconds`."""
     try:
-        conn = query.connect(db, external_access=False)
+        conn = query.connect(db, external_access=external_access)
     except query.QueryError as e:
         raise ViewError(503, str(e)) from None
     timer = threading.Timer(seconds, conn.interrupt)
@@ -273,3 +282,95 @@ def _limit(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 500:
         raise ViewError(400, f"limit: expected a whole number from 1 to 500, got {text!r}")
     return int(text)
+
+
+def report(db: Path, name: str, opts: catalog.Options, params: dict[str, list[str]]) -> dict[str, Any]:
+    """A built-in report, as `llmtap report NAME` runs it (`by` and `limit` as its flags)."""
+    opts = _report_options(name, opts, params)
+
+    def work(conn: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+        try:
+            r, columns, rows = catalog.fetch(conn, name, opts)
+        except catalog.ReportError as e:
+            raise ViewError(400, str(e)) from None
+        return {"report": name, "columns": columns, "rows": [list(x) for x in rows], "sql": r.sql}
+
+    return run(db, work)
+
+
+def export(db: Path, view: str, fmt: str, opts: catalog.Options, params: dict[str, list[str]]) -> bytes:
+    """Every matching row of a view (the requests log, or a report without its limit) as CSV, JSON
+    or Parquet, written by the CLI's code: `catalog.render` and `query.to_parquet`."""
+    if fmt not in EXPORTS:
+        raise ViewError(404, f"no export format {fmt!r}: csv, json or parquet")
+    search = params.get("q", [""])[-1].strip() or None
+
+    def work(conn: duckdb.DuckDBPyConnection) -> bytes:
+        if view == "requests":
+            r = catalog.log_page(conn, opts, None, None, search)
+        elif view.startswith("report/") and view[7:] in catalog.REPORTS:
+            try:
+                r = catalog.prepare(conn, view[7:], _report_options(view[7:], opts, params))
+            except catalog.ReportError as e:
+                raise ViewError(400, str(e)) from None
+        else:
+            raise ViewError(404, f"no view {view!r} to export")
+        if fmt == "parquet":
+            with tempfile.TemporaryDirectory() as tmp:
+                out = Path(tmp) / "export.parquet"
+                query.to_parquet(conn, r.sql, r.params, out)
+                return out.read_bytes()
+        columns, rows = query.fetch(conn, r.sql, r.params, decimals_as_text=True)
+        return catalog.render(r, columns, rows, fmt).encode()
+
+    # The statement is one of llmtap's own (no user SQL), so this one connection may write the
+    # Parquet file DuckDB makes.
+    return run(db, work, external_access=fmt == "parquet")
+
+
+def _report_options(name: str, opts: catalog.Options, params: dict[str, list[str]]) -> catalog.Options:
+    if name not in catalog.REPORTS:
+        raise ViewError(404, f"no report {name!r}: expected one of {', '.join(catalog.REPORTS)}")
+    try:
+        by = [d for text in params.get("by", []) if text for d in catalog.parse_dimensions(text)]
+    except ValueError as e:
+        raise ViewError(400, f"by: {e}") from None
+    limit = _limit(params["limit"][-1]) if params.get("limit") else None
+    return catalog.Options(**{**vars(opts), "by": by, "limit": limit})
+
+
+def sql(db: Path, text: str) -> dict[str, Any]:
+    """A read-only query typed in the SQL page: external access off (no other file can be read or
+    written: `COPY ... TO`, `read_csv('/etc/passwd')`, `ATTACH` are refused), the time limit on."""
+    if not text.strip():
+        raise ViewError(400, "sql: empty query")
+
+    def work(conn: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+        columns, rows = query.fetch(conn, text, decimals_as_text=False)
+        return {"columns": columns, "rows": [list(r) for r in rows[:SQL_ROWS]], "total": len(rows),
+                "truncated": len(rows) > SQL_ROWS}  # fmt: skip
+
+    return run(db, work)
+
+
+def sql_export(db: Path, text: str, fmt: str) -> bytes:
+    """The SQL page's result as `llmtap sql --format csv|json` writes it."""
+    if fmt not in ("csv", "json"):
+        raise ViewError(404, f"no export format {fmt!r} for SQL: csv or json")
+
+    def work(conn: duckdb.DuckDBPyConnection) -> bytes:
+        columns, rows = query.fetch(conn, text)
+        return output.render(columns, rows, fmt).encode()
+
+    return run(db, work)
+
+
+def property_keys(db: Path) -> list[str]:
+    """The property names in use, for the Properties page's picker."""
+
+    def work(conn: duckdb.DuckDBPyConnection) -> list[str]:
+        _, rows = query.fetch(conn, "SELECT DISTINCT unnest(json_keys(properties)) AS k FROM requests"
+                              " WHERE properties IS NOT NULL ORDER BY k")  # fmt: skip
+        return [r[0] for r in rows]
+
+    return run(db, work)

@@ -183,6 +183,16 @@ function renderFilters(p) {
 }
 
 const page = () => location.pathname.split("/")[2] || "overview";
+const REPORT_PAGES = {
+  sessions: () => [{ title: "Sessions, most recent first, with their Helicone-Session-Path trees", report: "sessions" }],
+  users: () => [{ title: "Cost by user", report: "cost", by: "user" }, { title: "Latency by user", report: "latency", by: "user" }],
+  properties: (key) => (key ? [{ title: `Cost by property ${key}`, report: "cost", by: `property:${key}` },
+    { title: `Latency by property ${key}`, report: "latency", by: `property:${key}` }] : []),
+  cache: () => [{ title: "Cache by model", report: "cache", by: "model" }, { title: "Cache by day", report: "cache", by: "day" },
+    { title: "Cache by day and model", report: "cache", by: "day,model" }],
+};
+const MONEY = new Set(["cost_usd", "cost_saved_usd"]);
+const FILTERABLE = { user_id: "user", user: "user", model: "model", provider: "provider", session_id: "session" };
 
 async function getJSON(url) {
   const status = document.getElementById("status");
@@ -308,23 +318,107 @@ async function openDrawer(id) {
   drawer.dataset.id = r.request_id;
 }
 
+// --- report pages: a built-in report as a table, with its SQL and its exports ---------------------
+
+function cell(name, value, row, columns) {
+  if (value == null) return el("td", {}, "");
+  if (MONEY.has(name)) return el("td", { class: "num" }, money(value));
+  if (typeof value === "number") return el("td", { class: "num" }, Number.isInteger(value) ? int.format(value) : value);
+  if (name === "path") {
+    const depth = row[columns.indexOf("depth")] ?? 0;
+    return el("td", { style: `padding-left:${0.5 + depth * 1.2}rem` }, value);
+  }
+  if (FILTERABLE[name]) {
+    const button = el("button", { class: "filter", type: "button" }, value);
+    button.addEventListener("click", () => { const p = params(); p.append(FILTERABLE[name], value); navigate(p); });
+    return el("td", {}, button);
+  }
+  return el("td", {}, typeof value === "object" ? JSON.stringify(value) : value);
+}
+
+function table(columns, rows) {
+  const t = el("table", {}, el("tr", {}, ...columns.map((c) => el("th", {}, c))));
+  for (const r of rows) t.append(el("tr", {}, ...r.map((v, i) => cell(columns[i], v, r, columns))));
+  return t;
+}
+
+async function loadReports(p) {
+  const controls = document.getElementById("report-controls");
+  controls.replaceChildren();
+  let key = p.get("key");
+  if (page() === "properties") {
+    const keys = await getJSON("/api/ui/property-keys");
+    if (!keys) return;
+    key = key ?? keys[0];
+    const select = el("select", { name: "key" }, ...keys.map((k) => el("option", { value: k }, k)));
+    select.value = key ?? "";
+    select.addEventListener("change", () => { const q = params(); q.set("key", select.value); navigate(q); });
+    controls.append(el("label", {}, "Property ", select));
+    if (!keys.length) controls.append(" no call has properties yet");
+  }
+  const box = document.getElementById("report-tables");
+  box.replaceChildren();
+  for (const spec of REPORT_PAGES[page()](key)) {
+    const q = query(p);
+    q.delete("key");
+    q.delete("q");
+    if (spec.by) q.set("by", spec.by);
+    const body = await getJSON(`/api/ui/report/${spec.report}?${q}`);
+    if (!body) return;
+    const exports = el("p", { class: "exports" }, "Export: ",
+      ...["csv", "json", "parquet"].map((f) => el("a", { href: `/api/ui/export/report/${spec.report}.${f}?${q}`, download: "" }, f.toUpperCase())));
+    const sql = el("details", { class: "sql" }, el("summary", {}, "View SQL"), el("pre", {}, body.sql));
+    box.append(el("figure", { class: "report", "data-report": spec.report },
+      el("figcaption", {}, spec.title), table(body.columns, body.rows), exports, sql));
+  }
+  document.getElementById("status").textContent = `${box.children.length} reports`;
+}
+
+// --- SQL: a read-only query box over the file ----------------------------------------------------
+
+async function loadSQL(p) {
+  const form = document.getElementById("sqlform");
+  if (p.get("sql")) form.sql.value = p.get("sql");
+  const text = form.sql.value;
+  const q = new URLSearchParams({ sql: text });
+  document.getElementById("sql-csv").href = `/api/ui/sql.csv?${q}`;
+  document.getElementById("sql-json").href = `/api/ui/sql.json?${q}`;
+  const note = document.getElementById("sql-note");
+  const result = document.getElementById("sql-result");
+  result.replaceChildren();
+  note.textContent = "";
+  if (!p.get("sql")) { document.getElementById("status").textContent = "read-only: this file only, no other file"; return; }
+  const body = await getJSON(`/api/ui/sql?${q}`);
+  if (!body) return;
+  const shown = table(body.columns, body.rows);
+  shown.id = "sql-result";
+  result.replaceWith(shown);
+  note.textContent = body.truncated ? `first ${body.rows.length} of ${body.total} rows (export for all)` : `${body.total} rows`;
+  document.getElementById("status").textContent = "";
+}
+
 async function load() {
   const p = params();
   document.body.dataset.page = page();
-  for (const m of document.querySelectorAll("main[data-page]")) m.hidden = m.dataset.page !== page();
+  const main = REPORT_PAGES[page()] ? "report" : page();
+  for (const m of document.querySelectorAll("main[data-page]")) m.hidden = m.dataset.page !== main;
   renderFilters(p);
   document.getElementById("filters").q.value = p.get("q") ?? "";
   document.querySelectorAll("nav a").forEach((a) => {
     a.toggleAttribute("aria-current", a.pathname === location.pathname);
     const keep = query(p);
-    keep.delete("q");
+    for (const own of ["q", "sql", "key", "before"]) keep.delete(own);
     a.search = `?${keep}`;
   });
   const status = document.getElementById("status");
   status.className = "";
   status.textContent = "loading…";
   delete document.body.dataset.ready;
-  if (page() === "requests") await loadRequests(p);
+  if (page() === "requests") {
+    await loadRequests(p);
+    for (const a of document.querySelectorAll("[data-export]")) a.href = `/api/ui/export/requests.${a.dataset.export}?${query(p)}`;
+  } else if (REPORT_PAGES[page()]) await loadReports(p);
+  else if (page() === "sql") await loadSQL(p);
   else await loadOverview(p);
   document.body.dataset.ready = "1";
 }
@@ -336,6 +430,12 @@ document.getElementById("filters").addEventListener("change", (e) => {
   navigate(p);
 });
 document.getElementById("filters").addEventListener("submit", (e) => e.preventDefault());
+document.getElementById("sqlform").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const p = params();
+  p.set("sql", e.target.sql.value);
+  navigate(p);
+});
 document.getElementById("more").addEventListener("click", () => loadRequests(params(), true));
 const closeDrawer = () => { document.getElementById("drawer").hidden = true; };
 document.getElementById("close").addEventListener("click", closeDrawer);
