@@ -134,6 +134,7 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="send real SDK calls through the proxy to a local stand-in provider")
     demo.add_argument("--db", default="llmtap-demo.duckdb", help="database to write (default: %(default)s)")
+    demo.add_argument("--ui", action="store_true", help="keep the demo's proxy and dashboard up until Ctrl-C")
     demo.set_defaults(func=cmd_demo)
     return p
 
@@ -418,7 +419,7 @@ def cmd_property(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from llmtap.demo import walkthrough
 
-    return walkthrough.run(Path(args.db))
+    return walkthrough.run(Path(args.db), ui=args.ui)
 
 
 if __name__ == "__main__":

@@ -423,3 +423,45 @@ def test_sql_page_refuses_copy(open_page: Callable[..., Any]) -> None:
     page.locator("#sqlform textarea").fill("SELECT count(*) AS n FROM requests")
     page.locator("#sqlform button").click()
     expect(page.locator("#sql-result td")).to_have_text("12")
+
+
+# --- live ----------------------------------------------------------------------------------------------
+
+
+def test_live_page_shows_calls_while_open(browser: Any, gateway: Proxy) -> None:
+    """Calls made while the page is open appear, pushed from the proxy's memory: a stream first as
+    'streaming', then replaced by its finished row."""
+    import requests
+    from playwright.sync_api import expect
+
+    where = gateway.api.removeprefix("http://")
+    ctx = browser.new_context(viewport={"width": 1200, "height": 900}, timezone_id="UTC")
+    errors: list[str] = []
+    try:
+        page = ctx.new_page()
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(f"http://{where}/ui/live")
+        expect(page.locator("#status")).to_contain_text("connected")
+        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+        reply = requests.post(f"{gateway.url}/v1/chat/completions", json=body, timeout=30)
+        row = page.locator(f'#live tr[data-id="{reply.headers["helicone-id"]}"]')
+        expect(row).to_have_attribute("data-state", "done")
+        expect(row).to_contain_text("200")
+        slow = {"x-fake-delay-ms": "400", "x-fake-reply": "one two three four five"}
+        with requests.post(f"{gateway.url}/v1/chat/completions", json={**body, "stream": True}, headers=slow,
+                           stream=True, timeout=30) as stream:  # fmt: skip
+            rid = stream.headers["helicone-id"]
+            streaming = page.locator(f'#live tr[data-id="{rid}"]')
+            expect(streaming).to_have_attribute("data-state", "streaming")
+            for _ in stream.iter_content(None):
+                pass
+        expect(streaming).to_have_attribute("data-state", "done")
+        assert page.locator("#live tbody tr").count() == 2
+    finally:
+        ctx.close()
+    assert errors == []
+
+
+def test_live_needs_a_proxy(ui: str) -> None:
+    status, _, body = get(ui, "/api/ui/live")
+    assert status == 404 and b"needs a running proxy" in body

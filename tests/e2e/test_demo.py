@@ -60,3 +60,33 @@ def test_demo_captures_every_call_with_tokens_and_cost(tmp_path: Path) -> None:
                       output_reasoning_tokens=reasoning)  # fmt: skip
         calc = genai_prices.calc_price(usage, model, provider_id=provider, genai_request_timestamp=at)
         assert cost == calc.total_price.quantize(Decimal("0.000000001")), model
+
+
+def test_demo_ui_keeps_the_dashboard_up_until_ctrl_c(tmp_path: Path) -> None:
+    import json
+    import signal
+    import urllib.request
+
+    db = tmp_path / "demo.duckdb"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "addon")}
+    cmd = [sys.executable, "-m", "llmtap.cli", "demo", "--ui", "--db", str(db)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("dashboard: http://"):
+                break
+        url = line.split()[1]
+        assert url.endswith("/ui/overview?since=24h")
+        api = url.split("/ui/")[0]
+        with urllib.request.urlopen(f"{api}/api/ui/overview?since=24h&tz=UTC", timeout=30) as reply:
+            cards = json.load(reply)["cards"]
+        assert cards["calls"] == len(EXPECTED)
+        with urllib.request.urlopen(url, timeout=30) as reply:
+            assert b'src="/static/app.js"' in reply.read()
+        os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -15,6 +15,7 @@ from typing import Any
 
 from llmtap.accounting.record import Annotation, Capture, Feedback, PropertyUpdate, Score
 from llmtap.api import asynclog, httpserver
+from llmtap.api.live import LiveFeed
 from llmtap.storage import query
 from llmtap.ui import server as dashboard
 from llmtap.wire import helicone, providers
@@ -28,10 +29,11 @@ class Service:
         extra_providers: Callable[[], dict[str, providers.Provider]],
         store_limit: Callable[[], int],
         pending: Callable[[], int] = lambda: 0,
+        live: LiveFeed | None = None,
     ) -> None:
         self.submit, self.db_path = submit, db_path
         self.extra_providers, self.store_limit = extra_providers, store_limit
-        self.pending = pending
+        self.pending, self.live = pending, live
         self.recent = RecentIds(20_000)
 
     def keep_recent(self, size: int) -> None:
@@ -45,6 +47,11 @@ class Service:
         self.recent.add(request_id)
 
     async def handle(self, method: str, path: str, headers: dict[str, str], body: Any) -> httpserver.Reply:
+        if method == "GET" and path.split("?")[0] == "/api/ui/live" and self.live is not None:
+            if not dashboard.host_ok(headers):
+                return httpserver.Reply(421, {"error": {"message": dashboard.HOST_ERROR, "status": 421}})
+            sse = {**dashboard.SECURITY, "content-type": "text/event-stream", "cache-control": "no-cache"}
+            return httpserver.Reply(200, self.live.stream(), sse)
         if dashboard.is_dashboard(method, path):  # its queries block: a worker thread, off the loop
             page = await asyncio.to_thread(dashboard.handle, method, path, headers, Path(self.db_path()))
             return httpserver.Reply(page.status, page.body, page.all_headers())

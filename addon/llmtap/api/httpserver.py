@@ -21,7 +21,7 @@ import hmac
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -147,8 +147,11 @@ class Server:
             logger.exception("llmtap: local API request failed")
             reply = Reply(500, {"error": {"message": f"internal error: {e}", "status": 500}})
         try:
-            writer.write(_encode(reply))
-            await writer.drain()
+            if isinstance(reply.body, AsyncIterator):
+                await _stream(writer, reply)
+            else:
+                writer.write(_encode(reply))
+                await writer.drain()
         except ConnectionError:
             pass
         finally:
@@ -181,6 +184,21 @@ class Server:
         except ValueError as e:
             raise ApiError(400, f"body is not valid JSON: {e}") from None
         return await self.handler(method.upper(), target, headers, body)
+
+
+async def _stream(writer: asyncio.StreamWriter, reply: Reply) -> None:
+    """A long-lived reply (Server-Sent Events): the head, then each piece as it comes, until the
+    client goes away (a write fails) or the source ends."""
+    status = f"HTTP/1.1 {reply.status} {HTTPStatus(reply.status).phrase}"
+    head = [status, "connection: close", *(f"{k}: {v}" for k, v in reply.headers.items())]
+    writer.write(("\r\n".join(head) + "\r\n\r\n").encode())
+    pieces = reply.body
+    try:
+        async for piece in pieces:
+            writer.write(piece)
+            await writer.drain()
+    finally:
+        await pieces.aclose()
 
 
 async def _discard(reader: asyncio.StreamReader, length: int, limit: int = 8 * MAX_BODY) -> None:

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,7 +38,8 @@ FROM requests GROUP BY model ORDER BY cost_usd DESC NULLS LAST
 """
 
 
-def run(db: Path, say: Callable[[str], None] = print) -> int:
+def run(db: Path, say: Callable[[str], None] = print, ui: bool = False) -> int:
+    """The demo; with `ui`, its proxy keeps running afterwards, serving the dashboard, until Ctrl-C."""
     os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
     for suffix in ("", ".wal"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
@@ -62,8 +66,22 @@ def run(db: Path, say: Callable[[str], None] = print) -> int:
         say(f"llmtap proxy (mitmdump -s addon/tap.py, gateway mode) at {proxy.url}")
         try:
             _calls(proxy.url, say)
+            if ui:
+                _settled(_api_of(proxy))
+                _show(db, say)
+                url = f"http://{_api_of(proxy)}/ui/overview?since=24h"
+                say(f"dashboard: {url} (the demo's proxy serves it; Live shows calls sent to {proxy.url})")
+                say("Ctrl-C stops the proxy and the dashboard")
+                _wait_for_ctrl_c()
         finally:
             proxy.stop()
+    if not ui:
+        _show(db, say)
+        say(f"dashboard: llmtap ui --db {db} --open   (or llmtap demo --ui: the proxy stays up for it)")
+    return 0
+
+
+def _show(db: Path, say: Callable[[str], None]) -> None:
     say("\ncaptured rows:")
     say(output.render(*query.run(db, SUMMARY)))
     say("cost by model:")
@@ -71,7 +89,30 @@ def run(db: Path, say: Callable[[str], None] = print) -> int:
     say(f"explore: llmtap report summary --db {db}")
     say(f"         llmtap report cost --by user --db {db}")
     say(f'         llmtap sql --db {db} "SELECT * FROM requests"')
-    return 0
+
+
+def _api_of(proxy: proxyproc.ProxyProcess) -> str:
+    m = re.search(r"llmtap: local API at http://(\S+)", proxy.output())
+    assert m is not None, "the demo's proxy always serves its API"
+    return m.group(1)
+
+
+def _settled(api: str, timeout: float = 30.0) -> None:
+    """Until the proxy's writer has every call of the demo in the file (its API says so)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"http://{api}/v1/health", timeout=5) as reply:
+            if json.load(reply)["pending"] == 0:
+                return
+        time.sleep(0.05)
+
+
+def _wait_for_ctrl_c() -> None:
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
 
 
 def _transparent(fake: str, db: Path, tmp: Path, say: Callable[[str], None]) -> None:

@@ -26,6 +26,7 @@ from mitmproxy.utils import asyncio_utils
 from llmtap import options
 from llmtap.api import httpserver
 from llmtap.api.handlers import Service
+from llmtap.api.live import LiveFeed
 from llmtap.policy import retry, rules
 from llmtap.policy.redact import redact_path
 from llmtap.proxy import attempts, calls, reload, replies, upstream
@@ -53,12 +54,14 @@ class LLMTap:
         self._watcher: asyncio.Task | None = None
         self._handoff: asyncio.Task | None = None
         self.api_server: httpserver.Server | None = None
+        self.live = LiveFeed()
         self.service = Service(
             submit=lambda item: self.store.submit(item) if self.store is not None else False,
             db_path=lambda: ctx.options.llmtap_db,
             extra_providers=lambda: self.rules.providers,
             store_limit=lambda: ctx.options.llmtap_max_body,
             pending=self._pending,
+            live=self.live,
         )
 
     # -- lifecycle (sync on purpose: async done/running break -s hot reload) --
@@ -283,6 +286,8 @@ class LLMTap:
             resp.headers.update(call.rate_headers)
             if calls.tees(resp, c):
                 resp.stream = call.tee = StreamTee(ctx.options.llmtap_max_body, c.strip_usage)
+                c.status = resp.status_code
+                self.live.publish(c, "streaming")
 
     def response(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         call = self.calls.pop(flow.id, None)
@@ -319,6 +324,7 @@ class LLMTap:
         """Close the capture and hand it over: to the writer, to the rate limits, to the cache."""
         c = calls.close_capture(flow, call, error)
         self.service.remember(c.meta.request_id)
+        self.live.publish(c, "done")
         self.limits.charge_later(call)
         if self.store is None:
             return

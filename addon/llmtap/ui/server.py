@@ -33,7 +33,7 @@ VENDORED = {
     "uPlot.iife.min.js": VENDOR / "uplot" / "dist" / "uPlot.iife.min.js",
     "uPlot.min.css": VENDOR / "uplot" / "dist" / "uPlot.min.css",
 }
-PAGES = ("overview", "requests", "users", "properties", "cache", "sessions", "sql")
+PAGES = ("overview", "requests", "live", "users", "properties", "cache", "sessions", "sql")
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "font-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")  # fmt: skip
 SECURITY = {"content-security-policy": CSP, "x-content-type-options": "nosniff", "x-frame-options": "DENY",
@@ -58,12 +58,20 @@ def is_dashboard(method: str, path: str) -> bool:
     return method == "GET" and (path in ("/", "/ui") or path.startswith(("/ui/", "/static/", "/api/ui/")))
 
 
+HOST_ERROR = "the dashboard answers only to a loopback Host (127.0.0.1 or localhost)"
+
+
+def host_ok(headers: dict[str, str]) -> bool:
+    """A loopback Host: a page from another site that rebinds its name to 127.0.0.1 gets nothing."""
+    return _LOOPBACK_HOST.match(headers.get("host", "")) is not None
+
+
 def handle(
     method: str, target: str, headers: dict[str, str], db: Path, now: datetime | None = None
 ) -> Response:
     path, _, qs = target.partition("?")
-    if not _LOOPBACK_HOST.match(headers.get("host", "")):
-        return _error(421, "the dashboard answers only to a loopback Host (127.0.0.1 or localhost)")
+    if not host_ok(headers):
+        return _error(421, HOST_ERROR)
     if path in ("/", "/ui", "/ui/"):
         return Response(302, "text/plain", b"", {"location": "/ui/overview" + (f"?{qs}" if qs else "")})
     if path.startswith("/ui/") and path[4:] in PAGES:
@@ -75,6 +83,8 @@ def handle(
         if re.fullmatch(r"[a-z0-9_-]+\.(js|css|svg)", name):
             return _file(STATIC / name)
         return _error(404, f"no file {path}")
+    if path == "/api/ui/live":
+        return _error(404, "the Live page needs a running proxy: calls are pushed from its memory")
     if path.startswith("/api/ui/"):
         return _view(path[len("/api/ui/") :], parse_qs(qs, keep_blank_values=True), db, now)
     return _error(404, f"no page {path}")

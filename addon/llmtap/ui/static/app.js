@@ -397,6 +397,52 @@ async function loadSQL(p) {
   document.getElementById("status").textContent = "";
 }
 
+// --- live: calls as the proxy sees them, pushed over Server-Sent Events ------------------------------
+
+let source = null, paused = false, held = [];
+const LIVE_ROWS = 500;
+
+function liveRow(e) {
+  const failed = e.error != null || (e.status != null && e.status >= 400);
+  const when = new Date(e.started * 1000).toLocaleTimeString("en-GB", { timeZone: params().get("tz") });
+  return el("tr", { "data-id": e.request_id, "data-state": e.state },
+    el("td", {}, when), el("td", {}, e.state === "streaming" ? badge("streaming…") : badge("done")),
+    el("td", {}, e.provider), el("td", {}, e.endpoint ?? ""),
+    el("td", {}, e.status == null ? badge(e.state === "streaming" ? "…" : "no answer", failed ? "err" : "") : badge(e.status, failed ? "err" : "")),
+    el("td", {}, e.cache_status ? badge(e.cache_status, e.cache_status === "HIT" ? "hit" : "") : ""),
+    el("td", { class: "num" }, e.latency_ms == null ? "" : Math.round(e.latency_ms)),
+    el("td", { class: "num" }, e.ttft_ms == null ? "" : Math.round(e.ttft_ms)), el("td", {}, e.user_id ?? ""));
+}
+
+function showLive(e) {
+  const tbody = document.querySelector("#live tbody");
+  const row = liveRow(e);
+  const old = tbody.querySelector(`tr[data-id="${CSS.escape(e.request_id)}"]`);
+  if (old) old.replaceWith(row);  // a stream that has ended replaces its "streaming" row
+  else tbody.prepend(row);
+  while (tbody.children.length > LIVE_ROWS) tbody.lastChild.remove();
+}
+
+function loadLive() {
+  const status = document.getElementById("status");
+  if (source) source.close();
+  source = new EventSource("/api/ui/live");
+  source.addEventListener("open", () => { status.className = ""; status.textContent = "connected: calls appear as the proxy sees them"; });
+  source.addEventListener("error", () => {
+    if (source.readyState === EventSource.CLOSED) {  // refused, not dropped: served by `llmtap ui`
+      status.className = "error";
+      status.textContent = "the Live page needs a running proxy (llmtap ui reads a file)";
+    } else status.textContent = "reconnecting…";
+  });
+  source.addEventListener("call", (m) => {
+    const e = JSON.parse(m.data);
+    if (paused) {
+      held.push(e);
+      document.getElementById("unseen").textContent = `${held.length} new`;
+    } else showLive(e);
+  });
+}
+
 async function load() {
   const p = params();
   document.body.dataset.page = page();
@@ -414,7 +460,9 @@ async function load() {
   status.className = "";
   status.textContent = "loading…";
   delete document.body.dataset.ready;
-  if (page() === "requests") {
+  if (page() !== "live" && source) { source.close(); source = null; }
+  if (page() === "live") loadLive();
+  else if (page() === "requests") {
     await loadRequests(p);
     for (const a of document.querySelectorAll("[data-export]")) a.href = `/api/ui/export/requests.${a.dataset.export}?${query(p)}`;
   } else if (REPORT_PAGES[page()]) await loadReports(p);
@@ -437,6 +485,11 @@ document.getElementById("sqlform").addEventListener("submit", (e) => {
   navigate(p);
 });
 document.getElementById("more").addEventListener("click", () => loadRequests(params(), true));
+document.getElementById("pause").addEventListener("click", (e) => {
+  paused = !paused;
+  e.target.textContent = paused ? "Resume" : "Pause";
+  if (!paused) { held.forEach(showLive); held = []; document.getElementById("unseen").textContent = ""; }
+});
 const closeDrawer = () => { document.getElementById("drawer").hidden = true; };
 document.getElementById("close").addEventListener("click", closeDrawer);
 document.addEventListener("keydown", (e) => { if (e.key === "Escape") closeDrawer(); });
