@@ -465,3 +465,15 @@ def test_live_page_shows_calls_while_open(browser: Any, gateway: Proxy) -> None:
 def test_live_needs_a_proxy(ui: str) -> None:
     status, _, body = get(ui, "/api/ui/live")
     assert status == 404 and b"needs a running proxy" in body
+
+
+def test_a_session_has_a_timeline(open_page: Callable[..., Any]) -> None:
+    """One session picked: its calls on one time axis, oldest first, labelled by path and model."""
+    from playwright.sync_api import expect
+
+    page = open_page(f"{RANGE}&tz=UTC&session=s1", path="sessions")
+    rows = page.locator(".gantt-row")
+    expect(rows).to_have_count(4)
+    assert [rows.nth(i).get_attribute("data-id") for i in range(4)] == ["r01", "r02", "r03", "r12"]
+    assert rows.nth(1).inner_text() == "/plan/step · gpt-4o"
+    expect(page.locator("figcaption").last).to_contain_text("Timeline of 4 calls over")

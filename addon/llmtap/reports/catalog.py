@@ -470,8 +470,8 @@ def _top(where: list[str], p: _Params, opts: Options) -> str:
 
 LOG_COLUMNS = (
     "request_id", "created_at", "provider", "model", "endpoint", "status", "streamed", "cache_status",
-    "input_tokens", "output_tokens", "cost_usd", "latency_ms", "ttft_ms", "user_id", "session_id", "error",
-    "rate_limited", "retries", "source",
+    "input_tokens", "output_tokens", "cost_usd", "latency_ms", "ttft_ms", "user_id", "session_id",
+    "session_path", "error", "rate_limited", "retries", "source",
 )  # fmt: skip
 
 

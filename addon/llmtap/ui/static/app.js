@@ -371,7 +371,35 @@ async function loadReports(p) {
     box.append(el("figure", { class: "report", "data-report": spec.report },
       el("figcaption", {}, spec.title), table(body.columns, body.rows), exports, sql));
   }
+  if (page() === "sessions" && p.getAll("session").length === 1) await loadTimeline(p, box);
   document.getElementById("status").textContent = `${box.children.length} reports`;
+}
+
+// A session's calls on one time axis (a Gantt): each bar starts when the call started and lasts
+// its latency; its label is the call's Helicone-Session-Path and model.
+async function loadTimeline(p, box) {
+  const q = query(p);
+  q.set("limit", "500");
+  const body = await getJSON(`/api/ui/requests?${q}`);
+  if (!body) return;
+  const f = (r) => Object.fromEntries(body.columns.map((c, i) => [c, r[i]]));
+  const calls = body.rows.map(f).reverse();  // oldest first
+  if (!calls.length) return;
+  const start = (c) => Date.parse(c.created_at);
+  const t0 = Math.min(...calls.map(start));
+  const t1 = Math.max(...calls.map((c) => start(c) + (c.latency_ms ?? 0)));
+  const span = Math.max(t1 - t0, 1);
+  const chart = el("div", { class: "gantt", "data-chart": "timeline" });
+  for (const c of calls) {
+    const left = (100 * (start(c) - t0)) / span, width = Math.max((100 * (c.latency_ms ?? 0)) / span, 0.3);
+    const bar = el("div", { class: "gantt-bar", style: `left:${left}%;width:${width}%;background:${colour(c.model)}`,
+      title: `${c.model} ${c.latency_ms ?? "?"} ms ${money(c.cost_usd)}` });
+    chart.append(el("div", { class: "gantt-row", "data-id": c.request_id },
+      el("span", { class: "gantt-label" }, `${c.session_path ?? "/"} · ${c.model ?? "?"}`),
+      el("span", { class: "gantt-track" }, bar)));
+  }
+  const total = ((t1 - t0) / 1000).toFixed(1);
+  box.append(el("figure", { class: "report" }, el("figcaption", {}, `Timeline of ${calls.length} calls over ${total} s`), chart));
 }
 
 // --- SQL: a read-only query box over the file ----------------------------------------------------
