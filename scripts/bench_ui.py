@@ -46,7 +46,7 @@ ASSETS_TARGET_KB = 150.0
 RUNS = 5
 
 
-def endpoints(deep_cursor: str, request_id: str) -> dict[str, str]:
+def endpoints(deep_cursor: str, request_id: str, request_at: str) -> dict[str, str]:
     sql = "SELECT model, count(*) AS calls, sum(cost_usd) AS cost_usd FROM requests GROUP BY model"
     return {
         "overview 24h": "/api/ui/overview?since=24h&tz=UTC",
@@ -55,7 +55,7 @@ def endpoints(deep_cursor: str, request_id: str) -> dict[str, str]:
         "overview 90d": "/api/ui/overview?since=90d&tz=UTC",
         "requests, page 1": "/api/ui/requests?since=90d&tz=UTC",
         "requests, page 200 (keyset)": f"/api/ui/requests?since=90d&tz=UTC&before={quote(deep_cursor)}",
-        "request drawer": f"/api/ui/request/{request_id}",
+        "request drawer": f"/api/ui/request/{request_id}?at={quote(request_at)}",
         "requests, text search 24h": "/api/ui/requests?since=24h&tz=UTC&q=needle",
         "sessions": "/api/ui/report/sessions?since=7d&tz=UTC",
         "users": "/api/ui/report/cost?since=30d&tz=UTC&by=user",
@@ -76,25 +76,26 @@ def fetch(where: str, path: str) -> tuple[float, int, bytes]:
     return elapsed * 1000, reply.status, body
 
 
-def deep_page(where: str, pages: int) -> tuple[str, str]:
-    """Walk the log `pages` pages deep (as "Load more" does): the cursor there, and a request id."""
+def deep_page(where: str, pages: int) -> tuple[str, str, str]:
+    """Walk the log `pages` pages deep (as "Load more" does): the cursor there, and the first row's
+    request id and created_at (what the drawer is opened with)."""
     import json
 
-    cursor, first = "", ""
+    cursor, first, first_at = "", "", ""
     for _ in range(pages):
         path = "/api/ui/requests?since=90d&tz=UTC" + (f"&before={quote(cursor)}" if cursor else "")
         _, status, body = fetch(where, path)
         page = json.loads(body)
-        first = first or page["rows"][0][0]
+        first, first_at = first or page["rows"][0][0], first_at or page["rows"][0][1]
         cursor = page["next"]
-    return cursor, first
+    return cursor, first, first_at
 
 
 def time_endpoints(where: str, log: Any) -> dict[str, dict[str, Any]]:
     log("walking the log 200 pages deep for the keyset cursor")
-    cursor, request_id = deep_page(where, 200)
+    cursor, request_id, request_at = deep_page(where, 200)
     out = {}
-    for name, path in endpoints(cursor, request_id).items():
+    for name, path in endpoints(cursor, request_id, request_at).items():
         fetch(where, path)  # warm-up
         runs = []
         for _ in range(RUNS):

@@ -93,7 +93,7 @@ def handle(
 def _view(name: str, params: dict[str, list[str]], db: Path, now: datetime | None) -> Response:
     try:
         if m := re.fullmatch(r"request/([^/]+)", name):
-            return _json(200, views.request(db, unquote(m[1])))
+            return _json(200, views.request(db, unquote(m[1]), params.get("at", [None])[-1]))
         if m := re.fullmatch(r"request/([^/]+)/body/(request|response)", name):
             data = views.body(db, unquote(m[1]), m[2])
             disposition = f'attachment; filename="{m[2]}-body-{re.sub(r"[^A-Za-z0-9_-]", "", m[1])}.txt"'

@@ -242,7 +242,7 @@ function logRow(columns, r) {
     el("td", { class: "num" }, money(f.cost_usd)),
     el("td", { class: "num" }, f.latency_ms == null ? "" : Math.round(f.latency_ms)),
     el("td", {}, f.user_id ?? ""));
-  tr.addEventListener("click", () => openDrawer(f.request_id));
+  tr.addEventListener("click", () => openDrawer(f.request_id, f.created_at));
   return tr;
 }
 
@@ -290,8 +290,8 @@ function showBody(box, body, id, which) {
   box.append(el("pre", {}, shown));
 }
 
-async function openDrawer(id) {
-  const body = await getJSON(`/api/ui/request/${encodeURIComponent(id)}`);
+async function openDrawer(id, at) {
+  const body = await getJSON(`/api/ui/request/${encodeURIComponent(id)}${at ? `?at=${encodeURIComponent(at)}` : ""}`);
   if (!body) return;
   const r = body.request;
   const drawer = document.getElementById("drawer");
