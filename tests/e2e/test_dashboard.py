@@ -477,3 +477,38 @@ def test_a_session_has_a_timeline(open_page: Callable[..., Any]) -> None:
     assert [rows.nth(i).get_attribute("data-id") for i in range(4)] == ["r01", "r02", "r03", "r12"]
     assert rows.nth(1).inner_text() == "/plan/step · gpt-4o"
     expect(page.locator("figcaption").last).to_contain_text("Timeline of 4 calls over")
+
+
+def test_rate_score_and_tag_from_the_drawer(browser: Any, gateway: Proxy) -> None:
+    """Served by a proxy, the drawer's thumbs, score and property go through the local API and land
+    in the file, as `llmtap feedback / score / property` would put them there."""
+    import requests
+    from playwright.sync_api import expect
+
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    rid = requests.post(f"{gateway.url}/v1/chat/completions", json=body, timeout=30).headers["helicone-id"]
+    gateway.wait_rows("SELECT request_id FROM requests WHERE request_id = ?", 1, [rid])
+    where = gateway.api.removeprefix("http://")
+    ctx = browser.new_context(viewport={"width": 1200, "height": 900}, timezone_id="UTC")
+    errors: list[str] = []
+    try:
+        page = ctx.new_page()
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(f"http://{where}/ui/requests?since=1h")
+        page.locator(f'#log tbody tr[data-id="{rid}"]').click()
+        expect(page.locator("#drawer h2")).to_have_text("openai / gpt-4o-mini")
+        page.locator('#annotate [data-rating="false"]').click()
+        expect(page.locator("#annotate-status")).to_have_text("saved: in the file within a second")
+        page.locator("#annotate input[name=score]").fill("accuracy=87")
+        page.locator("#annotate input[name=property]").fill("reviewed=yes")
+        page.locator("#annotate button[type=submit]").click()
+        expect(page.locator("#annotate-status")).to_have_text("saved: in the file within a second")
+    finally:
+        ctx.close()
+    assert errors == []
+    (fb,) = gateway.wait_rows("SELECT rating FROM feedback WHERE request_id = ?", 1, [rid])
+    (score,) = gateway.wait_rows("SELECT name, value FROM scores WHERE request_id = ?", 1, [rid])
+    assert (fb["rating"], score["name"], score["value"]) == (False, "accuracy", 87)
+    sql = "SELECT properties->>'reviewed' AS reviewed FROM requests WHERE request_id = ? AND reviewed = 'yes'"
+    (row,) = gateway.wait_rows(sql, 1, [rid])
+    assert row["reviewed"] == "yes"

@@ -316,6 +316,7 @@ async function openDrawer(id, at) {
     JSON.stringify({ feedback: body.feedback, scores: body.scores }, null, 2);
   drawer.hidden = false;
   drawer.dataset.id = r.request_id;
+  document.getElementById("annotate-status").textContent = "";
 }
 
 // --- report pages: a built-in report as a table, with its SQL and its exports ---------------------
@@ -513,6 +514,33 @@ document.getElementById("sqlform").addEventListener("submit", (e) => {
   navigate(p);
 });
 document.getElementById("more").addEventListener("click", () => loadRequests(params(), true));
+
+// Feedback, scores and properties go through the proxy's local API, as `llmtap feedback` does
+// (a same-origin POST: the API refuses other sites' pages). `llmtap ui` is read-only and says so.
+async function annotate(route, method, payload) {
+  const id = document.getElementById("drawer").dataset.id;
+  const said = document.getElementById("annotate-status");
+  const reply = await fetch(`/v1/request/${encodeURIComponent(id)}/${route}`, {
+    method, headers: { "content-type": "application/json" }, body: JSON.stringify(payload) });
+  const body = await reply.json().catch(() => ({}));
+  said.className = reply.ok ? "" : "error";
+  said.textContent = reply.ok ? "saved: in the file within a second" : body.error?.message ?? `error ${reply.status}`;
+}
+for (const button of document.querySelectorAll("#annotate [data-rating]")) {
+  button.addEventListener("click", () => annotate("feedback", "POST", { rating: button.dataset.rating === "true" }));
+}
+document.getElementById("annotate").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const form = e.target;
+  const pair = (text) => { const i = text.indexOf("="); return i > 0 ? [text.slice(0, i).trim(), text.slice(i + 1).trim()] : null; };
+  const score = pair(form.score.value), prop = pair(form.property.value);
+  if (score) {
+    const v = score[1] === "true" ? true : score[1] === "false" ? false : Number(score[1]);
+    await annotate("score", "POST", { scores: { [score[0]]: v } });
+  }
+  if (prop) await annotate("property", "PUT", { key: prop[0], value: prop[1] });
+  if (!score && !prop) document.getElementById("annotate-status").textContent = "type name=value";
+});
 document.getElementById("pause").addEventListener("click", (e) => {
   paused = !paused;
   e.target.textContent = paused ? "Resume" : "Pause";
