@@ -87,7 +87,8 @@ def test_cost_by_model_per_day_with_gaps(ui: str) -> None:
     v = overview(ui, f"{RANGE}&tz=UTC")
     assert v["bucket"] == "day"
     assert v["axis"] == [midnight(d, "UTC") for d in ("2025-06-01", "2025-06-02", "2025-06-03", "2025-06-04")]
-    t = v["cost_by_model"]
+    assert v["stack"] == {"by": "model", "column": "model"}
+    t = v["cost_stacked"]
     col = {c: i for i, c in enumerate(t["columns"])}
     got = [(r[col["day"]], r[col["model"]], r[col["calls"]], r[col["cost_usd"]] and D(r[col["cost_usd"]]))
            for r in t["rows"]]  # fmt: skip
@@ -103,7 +104,7 @@ def test_cost_by_model_per_day_with_gaps(ui: str) -> None:
     assert [(r[ccol["day"]], r[ccol["calls"]], r[ccol["errors"]]) for r in calls["rows"]] == [
         ("2025-06-01", 5, 1), ("2025-06-02", 3, 1), ("2025-06-03", 4, 1),  # r05 429, r07 500, r10 dropped
     ]  # fmt: skip
-    assert set(v["sql"]) == {"cards", "cost_by_model", "calls", "errors", "latency"}
+    assert set(v["sql"]) == {"cards", "cost_stacked", "calls", "errors", "latency"}
 
 
 def test_time_zone_moves_day_buckets(ui: str) -> None:
@@ -231,7 +232,7 @@ def test_overview_page_paints_every_chart(open_page: Callable[..., Any], tmp_pat
 
 def test_a_click_on_a_model_filters_and_changes_the_url(open_page: Callable[..., Any]) -> None:
     page = open_page(f"{RANGE}&tz=UTC")
-    page.locator('[data-top="models"] button[data-model="gpt-4o"]').click()
+    page.locator('[data-top="models"] button[data-value="gpt-4o"]').click()
     from playwright.sync_api import expect
 
     expect(page.locator('[data-card="Calls"]')).to_have_text("5")  # no string eval: the CSP forbids it
@@ -512,3 +513,32 @@ def test_rate_score_and_tag_from_the_drawer(browser: Any, gateway: Proxy) -> Non
     sql = "SELECT properties->>'reviewed' AS reviewed FROM requests WHERE request_id = ? AND reviewed = 'yes'"
     (row,) = gateway.wait_rows(sql, 1, [rid])
     assert row["reviewed"] == "yes"
+
+
+def test_overview_stacks_by_user_or_property(ui: str) -> None:
+    v = overview_like(ui, f"/api/ui/overview?{RANGE}&tz=UTC&stack=user")
+    assert v["stack"] == {"by": "user", "column": "user_id"}
+    col = v["cost_stacked"]["columns"]
+    per_user: dict[Any, D] = {}
+    for r in v["cost_stacked"]["rows"]:
+        user, cost = r[col.index("user_id")], D(r[col.index("cost_usd")] or 0)
+        per_user[user] = per_user.get(user, D(0)) + cost
+    assert per_user == {"bob": D("0.011475"), "alice": D("0.00495"), "carol": D("0.0000195"), None: D("0")}
+    v = overview_like(ui, f"/api/ui/overview?{RANGE}&tz=UTC&stack=property:feature")
+    assert v["stack"] == {"by": "property:feature", "column": "feature"}
+    calls = v["calls"]  # the per-bucket sums do not depend on the stacking
+    assert [r[calls["columns"].index("calls")] for r in calls["rows"]] == [5, 3, 4]
+    status, _, body = get(ui, f"/api/ui/overview?{RANGE}&stack=day")
+    assert status == 400 and b"stack: expected model, provider, user" in body
+
+
+def test_stacking_switch_in_the_page(open_page: Callable[..., Any]) -> None:
+    from playwright.sync_api import expect
+
+    page = open_page(f"{RANGE}&tz=UTC")
+    page.locator("#stack").select_option("user")
+    expect(page.locator('[data-top="models"] figcaption')).to_have_text("Top user by cost")
+    assert "stack=user" in page.url
+    page.locator('[data-top="models"] button[data-value="bob"]').click()
+    expect(page.locator('[data-card="Calls"]')).to_have_text("3")
+    assert "user=bob" in page.url

@@ -116,7 +116,7 @@ def _view(name: str, params: dict[str, list[str]], db: Path, now: datetime | Non
         if m := re.fullmatch(r"report/([a-z]+)", name):
             return _json(200, views.report(db, m[1], opts, params))
         if name == "overview":
-            return _json(200, views.overview(db, opts, now))
+            return _json(200, views.overview(db, opts, now, params.get("stack", ["model"])[-1]))
         if name == "requests":
             return _json(200, views.requests(db, opts, params, now))
     except views.ViewError as e:

@@ -24,7 +24,7 @@ from llmtap.storage import query
 
 QUERY_SECONDS = 10.0
 FILTERS = ("since", "until", "provider", "model", "user", "session", "property", "rating", "score", "tz")
-PAGING = ("before", "limit", "q", "by", "sql", "key")  # the pages' own parameters
+PAGING = ("before", "limit", "q", "by", "sql", "key", "stack")  # the pages' own parameters
 SQL_ROWS = 1000  # rows the SQL page shows (an export has them all)
 EXPORTS = {"csv": "text/csv; charset=utf-8", "json": "application/json",
            "parquet": "application/vnd.apache.parquet"}  # fmt: skip
@@ -147,16 +147,27 @@ def run(
         conn.close()
 
 
-def overview(db: Path, opts: catalog.Options, now: datetime | None = None) -> dict[str, Any]:
-    """Cards (the `summary` report) and, per time bucket, cost by model, calls and errors, and
-    latency percentiles: each with the SQL behind it."""
+def overview(
+    db: Path, opts: catalog.Options, now: datetime | None = None, stack: str = "model"
+) -> dict[str, Any]:
+    """Cards (the `summary` report) and, per time bucket, cost stacked by `stack` (model, provider,
+    user, property:NAME or score:NAME), calls and errors, and latency percentiles: each with the SQL
+    behind it."""
+    try:
+        (dim,) = catalog.parse_dimensions(stack)
+    except ValueError as e:
+        raise ViewError(400, f"stack: {e}") from None
+    if dim.kind in ("day", "hour", "session", "rating"):
+        expected = "model, provider, user, property:NAME or score:NAME"
+        raise ViewError(400, f"stack: expected {expected}, got {stack!r}")
+    stack = str(dim)
     now = now or datetime.now(UTC)
     bucket = bucket_for(opts, now)
     _zone(opts.tz)
 
     def work(conn: duckdb.DuckDBPyConnection) -> dict[str, Any]:
         summary, columns, rows = catalog.fetch(conn, "summary", opts, now)
-        by_model = _grouped(opts, bucket, "model")
+        by_model = _grouped(opts, bucket, stack)
         by_time = _grouped(opts, bucket)
         cost, cost_cols, cost_rows = catalog.fetch(conn, "cost", by_model, now)
         calls_cols, calls_rows = _per_bucket(cost_cols, cost_rows)  # one scan less than a query
@@ -177,15 +188,16 @@ def overview(db: Path, opts: catalog.Options, now: datetime | None = None) -> di
             "tz": opts.tz,
             "axis": axis(bucket, opts.tz, start, end) if start is not None else [],
             "cards": dict(zip(columns, rows[0], strict=True)) if rows else {},
-            "cost_by_model": _table(cost_cols, cost_rows, opts.tz),
+            "stack": {"by": stack, "column": cost_cols[1]},
+            "cost_stacked": _table(cost_cols, cost_rows, opts.tz),
             "calls": _table(
                 [*calls_cols, "errors"], [(*r, failed.get(r[0], 0)) for r in calls_rows], opts.tz
             ),  # fmt: skip
             "latency": _table(lat_cols, lat_rows, opts.tz),
             "sql": {
                 "cards": summary.sql,
-                "cost_by_model": cost.sql,
-                "calls": "-- the cost_by_model rows summed per bucket",
+                "cost_stacked": cost.sql,
+                "calls": "-- the cost_stacked rows summed per bucket",
                 "errors": errors.sql,
                 "latency": latency.sql,
             },  # fmt: skip
@@ -197,7 +209,7 @@ def overview(db: Path, opts: catalog.Options, now: datetime | None = None) -> di
 def _per_bucket(columns: list[str], rows: list[tuple]) -> tuple[list[str], list[tuple]]:
     """`cost --by BUCKET` from the rows of `cost --by BUCKET,model`: the same sums (exact Decimals),
     without scanning the calls again."""
-    keep = [c for c in columns if c != "model"]
+    keep = [columns[0], *columns[2:]]  # without the stacked dimension
     at = {c: columns.index(c) for c in keep}
     sums: dict[Any, list[Any]] = {}
     for row in rows:
@@ -210,7 +222,7 @@ def _per_bucket(columns: list[str], rows: list[tuple]) -> tuple[list[str], list[
 
 
 def _grouped(opts: catalog.Options, *by: str) -> catalog.Options:
-    return catalog.Options(**{**vars(opts), "by": [catalog.Dimension(d) for d in by]})
+    return catalog.Options(**{**vars(opts), "by": [d for text in by for d in catalog.parse_dimensions(text)]})
 
 
 def _table(columns: list[str], rows: list[tuple], tz: str) -> dict[str, Any]:

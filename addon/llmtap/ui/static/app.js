@@ -103,23 +103,23 @@ function plot(name, series, data, tz, extra = {}) {
 function renderCharts(v) {
   while (charts.length) charts.pop().destroy();
   const { axis, tz } = v;
-  const model = column(v.cost_by_model, "model");
-  const models = [...new Set(v.cost_by_model.rows.map(model))];
+  const model = column(v.cost_stacked, v.stack.column);
+  const models = [...new Set(v.cost_stacked.rows.map(model))];
   const calls = aligned(axis, v.calls, "calls");
   // Cost stacked by model: each series is the sum of itself and those below it; a bucket with no
   // calls at all stays a gap.
   let below = axis.map(() => 0);
   const stacked = [], exact = [];
   for (const m of models) {
-    const own = aligned(axis, v.cost_by_model, "cost_usd", (r) => model(r) === m);
-    const strings = new Map(v.cost_by_model.rows.filter((r) => model(r) === m)
-      .map((r) => [column(v.cost_by_model, "t")(r), column(v.cost_by_model, "cost_usd")(r)]));
+    const own = aligned(axis, v.cost_stacked, "cost_usd", (r) => model(r) === m);
+    const strings = new Map(v.cost_stacked.rows.filter((r) => model(r) === m)
+      .map((r) => [column(v.cost_stacked, "t")(r), column(v.cost_stacked, "cost_usd")(r)]));
     below = below.map((b, i) => (calls[i] == null ? b : b + (own[i] ?? 0)));
     stacked.push(below.map((b, i) => (calls[i] == null ? null : b)));
     exact.push(axis.map((x) => strings.get(x) ?? null));
   }
   const costSeries = models.map((m, i) => ({
-    label: m, stroke: colour(m), fill: colour(m).replace("48%)", "48% / 0.35)"),
+    label: m ?? "(none)", stroke: colour(m), fill: colour(m).replace("48%)", "48% / 0.35)"),
     value: (u, _v, _si, idx) => (idx == null ? "" : money(exact[i][idx] ?? "0")),
   }));
   const bands = models.slice(1).map((_, i) => ({ series: [i + 2, i + 1] }));
@@ -136,21 +136,31 @@ function renderCharts(v) {
 }
 
 function renderTops(v) {
-  const model = column(v.cost_by_model, "model"), cost = column(v.cost_by_model, "cost_usd");
-  const calls = column(v.cost_by_model, "calls");
+  const model = column(v.cost_stacked, v.stack.column), cost = column(v.cost_stacked, "cost_usd");
+  const calls = column(v.cost_stacked, "calls");
   const totals = new Map();
-  for (const r of v.cost_by_model.rows) {
+  for (const r of v.cost_stacked.rows) {
     const t = totals.get(model(r)) ?? { cost: 0, calls: 0, exact: "0" };
     t.cost += Number(cost(r) ?? 0); t.calls += calls(r); t.exact = addMoney(t.exact, cost(r));
     totals.set(model(r), t);
   }
   const rows = [...totals].sort((a, b) => b[1].cost - a[1].cost).slice(0, 10);
   const max = Math.max(...rows.map(([, t]) => t.cost), 0) || 1;
+  const by = v.stack.by;
+  document.querySelector('[data-top="models"] figcaption').textContent = `Top ${by} by cost`;
   const table = document.querySelector('[data-top="models"] table');
-  table.replaceChildren(el("tr", {}, el("th", {}, "model"), el("th", {}, "calls"), el("th", {}, "cost"), el("th", {}, "")));
+  table.replaceChildren(el("tr", {}, el("th", {}, by), el("th", {}, "calls"), el("th", {}, "cost"), el("th", {}, "")));
   for (const [m, t] of rows) {
-    const button = el("button", { class: "filter", type: "button", "data-model": m }, m);
-    button.addEventListener("click", () => { const p = params(); p.append("model", m); navigate(p); });
+    const button = el("button", { class: "filter", type: "button", "data-value": m ?? "" }, m ?? "(none)");
+    button.addEventListener("click", () => {
+      const p = params();
+      const [kind, name] = by.split(":");
+      if (m == null) return;
+      if (kind === "property") p.append("property", `${name}=${m}`);
+      else if (kind === "score") p.append("score", `${name}=${m}`);
+      else p.append(kind, m);
+      navigate(p);
+    });
     table.append(el("tr", {}, el("td", {}, button), el("td", { class: "num" }, int.format(t.calls)),
       el("td", { class: "num" }, `$${t.exact}`),
       el("td", { style: "width:40%" }, el("div", { class: "bar", style: `width:${(100 * t.cost) / max}%;background:${colour(m)}` }))));
@@ -206,7 +216,21 @@ async function getJSON(url) {
   return body;
 }
 
+async function stackChoices(p) {
+  const select = document.getElementById("stack");
+  if (!select.options.length) {
+    const keys = (await getJSON("/api/ui/property-keys")) ?? [];
+    const choices = ["model", "provider", "user", ...keys.map((k) => `property:${k}`)];
+    select.replaceChildren(...choices.map((c) => el("option", { value: c }, c)));
+    select.addEventListener("change", () => { const q = params(); q.set("stack", select.value); navigate(q); });
+  }
+  const wanted = p.get("stack") ?? "model";
+  if (![...select.options].some((o) => o.value === wanted)) select.append(el("option", { value: wanted }, wanted));
+  select.value = wanted;
+}
+
 async function loadOverview(p) {
+  await stackChoices(p);
   const body = await getJSON(`/api/ui/overview?${query(p)}`);
   if (!body) return;
   renderCards(body.cards);
