@@ -185,7 +185,7 @@ def _report_parser(sub: argparse._SubParsersAction) -> None:
                 action="append",
                 type=_checked(catalog.parse_dimensions),
                 metavar="DIM",
-                help="group by model, provider, day, hour, user, session, rating, property:NAME or"
+                help="group by model, provider, day, hour, minute, user, session, rating, property:NAME or"
                 f" score:NAME; repeat or comma-separate for several (default: {default})",
             )
         limit = catalog.DEFAULT_LIMIT.get(name)

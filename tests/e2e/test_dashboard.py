@@ -542,3 +542,10 @@ def test_stacking_switch_in_the_page(open_page: Callable[..., Any]) -> None:
     page.locator('[data-top="models"] button[data-value="bob"]').click()
     expect(page.locator('[data-card="Calls"]')).to_have_text("3")
     assert "user=bob" in page.url
+
+
+def test_the_last_hour_in_minutes(ui: str) -> None:
+    v = overview_like(ui, "/api/ui/overview?since=1h&tz=UTC")
+    assert v["bucket"] == "minute" and len(v["axis"]) in (60, 61)  # the hour may straddle 61 minutes
+    assert {b - a for a, b in zip(v["axis"], v["axis"][1:], strict=False)} == {60}
+    assert v["cost_stacked"]["rows"] == []  # the data set is from 2025: every minute a gap

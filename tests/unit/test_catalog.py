@@ -850,3 +850,9 @@ def test_relative_times_default_to_now(db: Path) -> None:
     with duckdb.connect(str(db)) as conn:
         conn.execute("INSERT INTO requests (request_id, created_at, cost_usd) VALUES ('new', ?, 1)", [recent])
     assert rows(db, "summary", since=catalog.parse_when("30m"))[0]["calls"] == 1
+
+
+def test_cost_by_minute(db: Path) -> None:
+    result = rows(db, "cost", by=by("minute"), since=catalog.parse_when("2025-06-01T10:00"),
+                  until=catalog.parse_when("2025-06-01T10:01"))  # fmt: skip
+    assert pick(result, "minute", "calls", "cost_usd") == [(T("2025-06-01 10:00"), 3, D("0.003"))]  # r01-r03

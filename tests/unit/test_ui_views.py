@@ -58,3 +58,12 @@ def test_a_bad_filter_names_itself(params: dict[str, list[str]], message: str) -
     with pytest.raises(views.ViewError, match=message) as e:
         views.options(params)
     assert e.value.status == 400
+
+
+def test_short_ranges_get_minutes() -> None:
+    assert views.bucket_for(views.options({"since": ["1h"]}), NOW) == "minute"
+    assert views.bucket_for(views.options({"since": ["2h"]}), NOW) == "minute"
+    assert views.bucket_for(views.options({"since": ["3h"]}), NOW) == "hour"
+    start = datetime(2025, 6, 10, 11, 0, 30, tzinfo=UTC)
+    ticks = views.axis("minute", "Asia/Kolkata", start, datetime(2025, 6, 10, 11, 59, 59, tzinfo=UTC))
+    assert len(ticks) == 60 and ticks[0] == int(datetime(2025, 6, 10, 11, 0, tzinfo=UTC).timestamp())

@@ -49,7 +49,7 @@ GROUPED: dict[str, tuple[str, ...]] = {  # reports that take --by, and their def
     "errors": (),
 }
 DEFAULT_LIMIT: dict[str, int | None] = {"top": 20, "sessions": 20}
-DIMENSIONS = ("model", "provider", "day", "hour", "user", "session", "rating")
+DIMENSIONS = ("model", "provider", "day", "hour", "minute", "user", "session", "rating")
 SCORE_OPS = (">=", "<=", "!=", "=", ">", "<")
 
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")  # property and score names
@@ -310,6 +310,9 @@ def _grouping(by: Sequence[Dimension], p: _Params, taken: Sequence[str]) -> _Gro
     for i, d in enumerate(by):
         if d.kind in simple:
             g.columns.append((f"r.{simple[d.kind]}", simple[d.kind]))
+        elif d.kind == "minute":  # short ranges: the minute is the same in every time zone
+            g.columns.append(("date_trunc('minute', r.created_at)", "minute"))
+            g.time.append("minute")
         elif d.kind in ("day", "hour"):
             if not g.time:
                 g.ctes.append(

@@ -73,10 +73,14 @@ def _rating(text: str) -> str:
 
 
 def bucket_for(opts: catalog.Options, now: datetime) -> str:
-    """`hour` for ranges up to 3 days, else `day`: about 24-90 points on a chart."""
+    """`minute` for ranges up to 2 hours, `hour` up to 3 days, else `day`: at most ~120 points."""
     start = _point(opts.since, opts.tz, now, end=False)
     end = _point(opts.until, opts.tz, now, end=True) or now
-    return "hour" if start is not None and end - start <= timedelta(days=3) else "day"
+    if start is None:
+        return "day"
+    if end - start <= timedelta(hours=2):
+        return "minute"
+    return "hour" if end - start <= timedelta(days=3) else "day"
 
 
 def _point(when: catalog.When | None, tz: str, now: datetime, end: bool) -> datetime | None:
@@ -110,11 +114,14 @@ def axis(bucket: str, tz: str, start: datetime, end: datetime) -> list[int]:
     zone = _zone(tz)
     local = start.astimezone(zone)
     out = []
-    if bucket == "hour":
-        t = local.replace(minute=0, second=0, microsecond=0)
+    if bucket in ("hour", "minute"):
+        step = timedelta(hours=1) if bucket == "hour" else timedelta(minutes=1)
+        t = local.replace(second=0, microsecond=0)
+        if bucket == "hour":
+            t = t.replace(minute=0)
         while t <= end:
             out.append(int(t.timestamp()))
-            t = (t.astimezone(UTC) + timedelta(hours=1)).astimezone(zone)
+            t = (t.astimezone(UTC) + step).astimezone(zone)
     else:
         day, last = local.date(), end.astimezone(zone).date()
         while day <= last:
