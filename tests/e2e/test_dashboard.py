@@ -549,3 +549,18 @@ def test_the_last_hour_in_minutes(ui: str) -> None:
     assert v["bucket"] == "minute" and len(v["axis"]) in (60, 61)  # the hour may straddle 61 minutes
     assert {b - a for a, b in zip(v["axis"], v["axis"][1:], strict=False)} == {60}
     assert v["cost_stacked"]["rows"] == []  # the data set is from 2025: every minute a gap
+
+
+def test_cache_page_charts_and_users_link_to_the_overview(open_page: Callable[..., Any]) -> None:
+    from playwright.sync_api import expect
+
+    page = open_page(f"{RANGE}&tz=UTC", path="cache")
+    expect(page.locator('[data-chart="report"] canvas')).to_have_count(1)
+    painted = page.evaluate("""() => { const c = document.querySelector('[data-chart="report"] canvas');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i]) n++; return n; }""")
+    assert painted > 500
+    page = open_page(f"{RANGE}&tz=UTC", path="users")
+    page.locator("text=over time, on the Overview").click()
+    expect(page.locator('[data-top="models"] figcaption')).to_have_text("Top user by cost")
+    assert "/ui/overview?" in page.url and "stack=user" in page.url

@@ -195,11 +195,12 @@ function renderFilters(p) {
 const page = () => location.pathname.split("/")[2] || "overview";
 const REPORT_PAGES = {
   sessions: () => [{ title: "Sessions, most recent first, with their Helicone-Session-Path trees", report: "sessions" }],
-  users: () => [{ title: "Cost by user", report: "cost", by: "user" }, { title: "Latency by user", report: "latency", by: "user" }],
-  properties: (key) => (key ? [{ title: `Cost by property ${key}`, report: "cost", by: `property:${key}` },
+  users: () => [{ title: "Cost by user", report: "cost", by: "user", overTime: "user" },
+    { title: "Latency by user", report: "latency", by: "user" }],
+  properties: (key) => (key ? [{ title: `Cost by property ${key}`, report: "cost", by: `property:${key}`, overTime: `property:${key}` },
     { title: `Latency by property ${key}`, report: "latency", by: `property:${key}` }] : []),
-  cache: () => [{ title: "Cache by model", report: "cache", by: "model" }, { title: "Cache by day", report: "cache", by: "day" },
-    { title: "Cache by day and model", report: "cache", by: "day,model" }],
+  cache: () => [{ title: "Cache by day: hits and misses", report: "cache", by: "day", chart: ["hits", "misses"] },
+    { title: "Cache by model", report: "cache", by: "model" }, { title: "Cache by day and model", report: "cache", by: "day,model" }],
 };
 const MONEY = new Set(["cost_usd", "cost_saved_usd"]);
 const FILTERABLE = { user_id: "user", user: "user", model: "model", provider: "provider", session_id: "session" };
@@ -368,6 +369,7 @@ function table(columns, rows) {
 }
 
 async function loadReports(p) {
+  while (charts.length) charts.pop().destroy();
   const controls = document.getElementById("report-controls");
   controls.replaceChildren();
   let key = p.get("key");
@@ -393,8 +395,16 @@ async function loadReports(p) {
     const exports = el("p", { class: "exports" }, "Export: ",
       ...["csv", "json", "parquet"].map((f) => el("a", { href: `/api/ui/export/report/${spec.report}.${f}?${q}`, download: "" }, f.toUpperCase())));
     const sql = el("details", { class: "sql" }, el("summary", {}, "View SQL"), el("pre", {}, body.sql));
-    box.append(el("figure", { class: "report", "data-report": spec.report },
-      el("figcaption", {}, spec.title), table(body.columns, body.rows), exports, sql));
+    const figure = el("figure", { class: "report", "data-report": spec.report }, el("figcaption", {}, spec.title));
+    if (spec.overTime) {
+      const o = query(p);
+      for (const own of ["q", "sql", "key", "before", "by"]) o.delete(own);
+      o.set("stack", spec.overTime);
+      figure.append(el("p", {}, el("a", { href: `/ui/overview?${o}` }, "over time, on the Overview")));
+    }
+    if (spec.chart) figure.append(reportChart(body, spec.chart, p.get("tz")));
+    figure.append(table(body.columns, body.rows), exports, sql);
+    box.append(figure);
   }
   if (page() === "sessions" && p.getAll("session").length === 1) await loadTimeline(p, box);
   document.getElementById("status").textContent = `${box.children.length} reports`;
@@ -425,6 +435,19 @@ async function loadTimeline(p, box) {
   }
   const total = ((t1 - t0) / 1000).toFixed(1);
   box.append(el("figure", { class: "report" }, el("figcaption", {}, `Timeline of ${calls.length} calls over ${total} s`), chart));
+}
+
+// A report by day as a line chart of some of its columns (one point per day in the report).
+function reportChart(body, names, tz) {
+  const box = el("div", { class: "plot", "data-chart": "report" });
+  const day = body.columns.indexOf("day");
+  const xs = body.rows.map((r) => Date.parse(`${r[day]}T00:00:00Z`) / 1000);
+  const shades = ["#2ca02c", "#d62728", "#1f77b4"];
+  const series = names.map((n, i) => ({ label: n, stroke: shades[i % shades.length] }));
+  const data = [xs, ...names.map((n) => body.rows.map((r) => r[body.columns.indexOf(n)]))];
+  requestAnimationFrame(() => charts.push(new uPlot({ width: Math.max(320, box.clientWidth || 640), height: 200,
+    tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), "UTC"), series: [{}, ...series], scales: { x: { time: true } } }, data, box)));
+  return box;
 }
 
 // --- SQL: a read-only query box over the file ----------------------------------------------------
