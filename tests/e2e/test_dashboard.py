@@ -290,7 +290,12 @@ def bodies(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     stream = "".join(f'data: {{"i": {i}}}\n\n' for i in range(7)) + "data: [DONE]\n\n"
     with duckdb.connect(str(path)) as conn:
         migrate(conn)
-        for rid, req, resp, streamed in (("big", '{"q": "needle"}', BIG, False), ("sse", "{}", stream, True)):
+        messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello"}]
+        chat_req = json.dumps({"model": "gpt-4o", "messages": messages})
+        answer = {"index": 0, "message": {"role": "assistant", "content": "Hello!"}}
+        chat_resp = json.dumps({"choices": [answer]})
+        for rid, req, resp, streamed in (("big", '{"q": "needle"}', BIG, False), ("sse", "{}", stream, True),
+                                         ("chat", chat_req, chat_resp, False)):  # fmt: skip
             conn.execute(
                 "INSERT INTO requests (request_id, created_at, source, provider, api, host, method, path,"
                 " model, status, streamed, request_body, response_body, request_headers)"
@@ -564,3 +569,24 @@ def test_cache_page_charts_and_users_link_to_the_overview(open_page: Callable[..
     page.locator("text=over time, on the Overview").click()
     expect(page.locator('[data-top="models"] figcaption')).to_have_text("Top user by cost")
     assert "/ui/overview?" in page.url and "stack=user" in page.url
+
+
+def test_a_chat_body_reads_as_a_conversation(browser: Any, bodies: str) -> None:
+    from playwright.sync_api import expect
+
+    ctx = browser.new_context(viewport={"width": 1200, "height": 900}, timezone_id="UTC")
+    try:
+        page = ctx.new_page()
+        page.goto(f"http://{bodies}/ui/requests?since=2025-06-01")
+        page.wait_for_selector("body[data-ready]")
+        page.locator('#log tbody tr[data-id="chat"]').click()
+        request = page.locator('[data-body="request"] .turn')
+        expect(request).to_have_count(2)
+        assert request.all_inner_texts() == ["system\nBe brief.", "user\nSay hello"]
+        answer = page.locator('[data-body="response"] .turn')
+        expect(answer).to_have_count(1)
+        assert answer.inner_text() == "assistant\nHello!"
+        page.locator('[data-body="request"] button[data-view="json"]').click()
+        expect(page.locator('[data-body="request"] pre')).to_contain_text('"role": "system"')
+    finally:
+        ctx.close()

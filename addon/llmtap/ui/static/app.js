@@ -310,9 +310,43 @@ function showBody(box, body, id, which) {
     box.append(el("p", {}, `${events.length} events`), list);
     return;
   }
-  let shown = body.text;
-  try { shown = JSON.stringify(JSON.parse(body.text), null, 2); } catch { /* not JSON: shown as it is */ }
-  box.append(el("pre", {}, shown));
+  let parsed = null;
+  try { parsed = JSON.parse(body.text); } catch { /* not JSON: shown as it is */ }
+  const views = { raw: () => el("pre", {}, body.text) };
+  if (parsed !== null) views.json = () => el("pre", {}, JSON.stringify(parsed, null, 2));
+  const turns = parsed && chatTurns(parsed);
+  if (turns && turns.length) {
+    views.chat = () => el("div", { class: "chat" }, ...turns.map(([role, text]) =>
+      el("div", { class: `turn ${role}` }, el("strong", {}, role), el("div", {}, text))));
+  }
+  const shown = el("div", {});
+  const tabs = el("p", { class: "tabs" });
+  for (const name of ["chat", "json", "raw"].filter((n) => views[n])) {
+    const button = el("button", { type: "button", "data-view": name }, name);
+    button.addEventListener("click", () => {
+      shown.replaceChildren(views[name]());
+      for (const b of tabs.children) b.toggleAttribute("aria-pressed", b === button);
+    });
+    tabs.append(button);
+  }
+  box.append(tabs, shown);
+  tabs.firstChild.click();
+}
+
+// The conversation in a request or response body, as (role, text) pairs, for the providers' shapes:
+// OpenAI chat (messages, choices), Anthropic (messages, content blocks), Gemini (contents,
+// candidates). Anything else has no chat view.
+function chatTurns(doc) {
+  const text = (c) => (typeof c === "string" ? c : Array.isArray(c)
+    ? c.map((p) => p.text ?? (p.type ? `[${p.type}]` : "")).join("") : c == null ? "" : JSON.stringify(c));
+  const turns = [];
+  if (typeof doc.system === "string" || Array.isArray(doc.system)) turns.push(["system", text(doc.system)]);
+  for (const m of doc.messages ?? []) turns.push([m.role ?? "?", text(m.content)]);
+  for (const c of doc.contents ?? []) turns.push([c.role ?? "user", text(c.parts)]);
+  for (const ch of doc.choices ?? []) if (ch.message) turns.push([ch.message.role ?? "assistant", text(ch.message.content)]);
+  if (doc.type === "message" && Array.isArray(doc.content)) turns.push([doc.role ?? "assistant", text(doc.content)]);
+  for (const cand of doc.candidates ?? []) if (cand.content) turns.push(["model", text(cand.content.parts)]);
+  return turns;
 }
 
 async function openDrawer(id, at) {
