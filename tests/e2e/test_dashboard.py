@@ -590,3 +590,41 @@ def test_a_chat_body_reads_as_a_conversation(browser: Any, bodies: str) -> None:
         expect(page.locator('[data-body="request"] pre')).to_contain_text('"role": "system"')
     finally:
         ctx.close()
+
+
+def test_behind_a_key_the_dashboard_logs_in_once(browser: Any, start_proxy: Callable[..., Proxy]) -> None:
+    """With llmtap_api_key, /ui/overview?key=K sets an HttpOnly cookie and drops the key from the URL;
+    without it every page and view is a 401. A client cannot claim to be authorized by a header."""
+    from playwright.sync_api import expect
+
+    proxy = start_proxy("--set", "llmtap_api_key=team-secret")
+    where = proxy.api.removeprefix("http://")
+    assert get(where, "/ui/overview")[0] == 401
+    assert get(where, "/ui/overview?key=wrong")[0] == 401
+    status, headers, _ = get(where, "/ui/overview?since=24h&key=team-secret")
+    assert status == 302 and headers["location"] == "/ui/overview?since=24h"
+    assert headers["set-cookie"] == "llmtap_key=team-secret; HttpOnly; SameSite=Strict; Path=/"
+    conn = http.client.HTTPConnection(where, timeout=30)
+    spoofed = {"Host": "evil.example", "X-Llmtap-Authorized": "1"}
+    conn.request("GET", "/api/ui/overview?since=24h", headers=spoofed)
+    assert conn.getresponse().status == 401
+    conn.close()
+    ctx = browser.new_context(viewport={"width": 1200, "height": 900}, timezone_id="UTC")
+    try:
+        page = ctx.new_page()
+        page.goto(f"http://{where}/ui/overview?key=team-secret")
+        page.wait_for_selector("body[data-ready]")
+        assert "key=" not in page.url
+        expect(page.locator("#status")).to_contain_text("no calls logged yet")  # past the key: no 401
+    finally:
+        ctx.close()
+
+
+def test_a_client_header_cannot_skip_the_host_check(ui: str, start_proxy: Callable[..., Proxy]) -> None:
+    proxy = start_proxy()
+    where = proxy.api.removeprefix("http://")
+    conn = http.client.HTTPConnection(where, timeout=30)
+    conn.request("GET", "/api/ui/overview", headers={"Host": "evil.example", "X-Llmtap-Authorized": "1"})
+    reply = conn.getresponse()
+    assert reply.status == 421 and b"loopback Host" in reply.read()
+    conn.close()

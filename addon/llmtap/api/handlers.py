@@ -48,7 +48,7 @@ class Service:
 
     async def handle(self, method: str, path: str, headers: dict[str, str], body: Any) -> httpserver.Reply:
         if method == "GET" and path.split("?")[0] == "/api/ui/live" and self.live is not None:
-            if not dashboard.host_ok(headers):
+            if not dashboard.host_ok(headers) and not headers.get("x-llmtap-authorized"):
                 return httpserver.Reply(421, {"error": {"message": dashboard.HOST_ERROR, "status": 421}})
             sse = {**dashboard.SECURITY, "content-type": "text/event-stream", "cache-control": "no-cache"}
             return httpserver.Reply(200, self.live.stream(), sse)

@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import quote, unquote
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,33 @@ def parse_listen(value: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise ValueError(f"expected host:port like 127.0.0.1:8788, got {value!r}")
     return host.strip("[]"), int(port)
+
+
+KEY_COOKIE = "llmtap_key"
+
+
+def _authorized(headers: dict[str, str], key: str) -> bool:
+    """The key as a bearer token (SDKs, curl, the loggers) or as the dashboard's cookie (browsers
+    cannot add a header to a page load)."""
+    if hmac.compare_digest(headers.get("authorization", ""), f"Bearer {key}"):
+        return True
+    cookies = dict(c.strip().partition("=")[::2] for c in headers.get("cookie", "").split(";") if "=" in c)
+    return hmac.compare_digest(cookies.get(KEY_COOKIE, ""), key)
+
+
+def _key_login(method: str, target: str, key: str) -> Reply | None:
+    """`GET /ui/...?key=K`: the dashboard's way in when the API has a key. The key goes into an
+    HttpOnly, SameSite=Strict cookie and out of the URL (history, screenshots, Referer)."""
+    path, _, qs = target.partition("?")
+    if method.upper() != "GET" or not path.startswith("/ui") or "key=" not in qs:
+        return None
+    given = [v for k, _, v in (p.partition("=") for p in qs.split("&")) if k == "key"]
+    if not given or not hmac.compare_digest(unquote(given[-1]), key):
+        raise ApiError(401, "wrong key: open the dashboard as /ui/overview?key=<llmtap_api_key>")
+    rest = "&".join(p for p in qs.split("&") if not p.startswith("key="))
+    cookie = f"{KEY_COOKIE}={quote(key)}; HttpOnly; SameSite=Strict; Path=/"
+    return Reply(302, b"", {"location": path + (f"?{rest}" if rest else ""), "set-cookie": cookie,
+                            "content-type": "text/plain", "cache-control": "no-store"})  # fmt: skip
 
 
 def same_origin(headers: dict[str, str]) -> bool:
@@ -170,8 +198,13 @@ class Server:
         headers = {
             k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)
         }
-        if self.key and not hmac.compare_digest(headers.get("authorization", ""), f"Bearer {self.key}"):
-            raise ApiError(401, "missing or wrong Authorization: Bearer <llmtap_api_key>")
+        headers.pop("x-llmtap-authorized", None)  # only this server says so, never a client
+        if self.key:
+            if (login := _key_login(method, target, self.key)) is not None:
+                return login
+            if not _authorized(headers, self.key):
+                raise ApiError(401, "missing or wrong Authorization: Bearer <llmtap_api_key>")
+            headers["x-llmtap-authorized"] = "1"  # for the dashboard: the key stands in for its Host check
         if method.upper() not in ("GET", "HEAD") and not same_origin(headers):
             raise ApiError(403, f"cross-site {method} refused (Origin {headers.get('origin')!r})")
         length = int(headers.get("content-length") or 0)

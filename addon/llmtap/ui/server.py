@@ -62,7 +62,9 @@ HOST_ERROR = "the dashboard answers only to a loopback Host (127.0.0.1 or localh
 
 
 def host_ok(headers: dict[str, str]) -> bool:
-    """A loopback Host: a page from another site that rebinds its name to 127.0.0.1 gets nothing."""
+    """A loopback Host: a page from another site that rebinds its name to 127.0.0.1 gets nothing.
+    Behind `llmtap_api_key` the key does that job (a rebinding page has no cookie for it), so any
+    Host the server is reached by is served."""
     return _LOOPBACK_HOST.match(headers.get("host", "")) is not None
 
 
@@ -70,7 +72,7 @@ def handle(
     method: str, target: str, headers: dict[str, str], db: Path, now: datetime | None = None
 ) -> Response:
     path, _, qs = target.partition("?")
-    if not host_ok(headers):
+    if not host_ok(headers) and not headers.get("x-llmtap-authorized"):
         return _error(421, HOST_ERROR)
     if path in ("/", "/ui", "/ui/"):
         return Response(302, "text/plain", b"", {"location": "/ui/overview" + (f"?{qs}" if qs else "")})

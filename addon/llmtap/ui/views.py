@@ -137,6 +137,8 @@ def run(
     external_access: bool = False,
 ) -> Any:
     """`work` on a fresh read-only connection, external access off, interrupted after `seconds`."""
+    if not db.exists():
+        raise ViewError(503, f"no calls logged yet: {db} is written with the first one")
     try:
         conn = query.connect(db, external_access=external_access)
     except query.QueryError as e:
