@@ -533,6 +533,11 @@ def test_overview_stacks_by_user_or_property(ui: str) -> None:
     assert v["stack"] == {"by": "property:feature", "column": "feature"}
     calls = v["calls"]  # the per-bucket sums do not depend on the stacking
     assert [r[calls["columns"].index("calls")] for r in calls["rows"]] == [5, 3, 4]
+    v = overview_like(ui, f"/api/ui/overview?{RANGE}&tz=UTC&stack=score:accuracy")
+    col = v["cost_stacked"]["columns"]
+    values = {r[col.index("accuracy")] for r in v["cost_stacked"]["rows"]}
+    assert values == {70, 80, 95, None}  # r01's latest accuracy is 70; most calls have no score
+    assert overview_like(ui, "/api/ui/score-names") == ["accuracy", "is_safe"]
     status, _, body = get(ui, f"/api/ui/overview?{RANGE}&stack=day")
     assert status == 400 and b"stack: expected model, provider, user" in body
 

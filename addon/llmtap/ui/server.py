@@ -109,6 +109,8 @@ def _view(name: str, params: dict[str, list[str]], db: Path, now: datetime | Non
             return Response(200, views.EXPORTS[fmt], views.sql_export(db, text, fmt), headers)
         if name == "property-keys":
             return _json(200, views.property_keys(db))
+        if name == "score-names":
+            return _json(200, views.score_names(db))
         opts = views.options(params)
         if m := re.fullmatch(r"export/(.+)\.(csv|json|parquet)", name):
             data = views.export(db, m[1], m[2], opts, params)

@@ -413,3 +413,12 @@ def property_keys(db: Path) -> list[str]:
         return [r[0] for r in rows]
 
     return run(db, work)
+
+
+def score_names(db: Path) -> list[str]:
+    """The score names in use, for the Overview's stacking choices."""
+
+    def work(conn: duckdb.DuckDBPyConnection) -> list[str]:
+        return [r[0] for r in query.fetch(conn, "SELECT DISTINCT name FROM scores ORDER BY name")[1]]
+
+    return run(db, work)

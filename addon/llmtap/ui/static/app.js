@@ -221,7 +221,8 @@ async function stackChoices(p) {
   const select = document.getElementById("stack");
   if (!select.options.length) {
     const keys = (await getJSON("/api/ui/property-keys")) ?? [];
-    const choices = ["model", "provider", "user", ...keys.map((k) => `property:${k}`)];
+    const scores = (await getJSON("/api/ui/score-names")) ?? [];
+    const choices = ["model", "provider", "user", ...keys.map((k) => `property:${k}`), ...scores.map((n) => `score:${n}`)];
     select.replaceChildren(...choices.map((c) => el("option", { value: c }, c)));
     select.addEventListener("change", () => { const q = params(); q.set("stack", select.value); navigate(q); });
   }
