@@ -5,10 +5,13 @@ Helicone-compatible routes, on their own port (`llmtap_api`, default 127.0.0.1:8
 - `POST /v1/request/{id}/score`     `{"scores": {"accuracy": 92, "is_safe": true}}` -> 201
 - `PUT  /v1/request/{id}/property`  `{"key": "...", "value": "..."}`        -> 200
 - `POST /custom/v1/log`             Helicone's async-log body               -> 200, `helicone-id`
-- `GET  /v1/health`                                                         -> 200
+- `GET  /v1/health`                                                         -> 200, `pending`
 Scores are integers or booleans (booleans stored as 1 / 0), as Helicone; a float, an unknown
 request id, bad JSON, an unknown route or a body over 10 MB gets a JSON error. Bound to loopback it
-needs no key; bound elsewhere every call needs `Authorization: Bearer <llmtap_api_key>`.
+needs no key; bound elsewhere every call needs `Authorization: Bearer <llmtap_api_key>` (or the
+dashboard's cookie, set by `GET /ui/...?key=`). A write that a browser says comes from another site
+(`Origin`, `Sec-Fetch-Site`) is refused. The same port serves the dashboard (llmtap/ui: `GET /`,
+`/ui/*`, `/static/*`, `/api/ui/*`, and `/api/ui/live`, a Server-Sent Events stream).
 
 A deliberately small HTTP/1.1 server on asyncio (one request per connection), so the proxy
 needs no web framework. Handlers are plain functions of (method, path, JSON) -> (status, JSON).
