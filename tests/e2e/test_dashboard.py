@@ -633,3 +633,18 @@ def test_a_client_header_cannot_skip_the_host_check(ui: str, start_proxy: Callab
     reply = conn.getresponse()
     assert reply.status == 421 and b"loopback Host" in reply.read()
     conn.close()
+
+
+def test_top_users_and_property_values_filter_on_click(open_page: Callable[..., Any]) -> None:
+    from playwright.sync_api import expect
+
+    page = open_page(f"{RANGE}&tz=UTC")
+    users = page.locator('[data-top="users"] button')
+    assert users.all_inner_texts() == ["bob", "alice", "carol", "(none)"]  # cost --by user, by cost
+    values = page.locator('[data-top="property"] button')
+    caption = page.locator('[data-top="property"] figcaption')
+    expect(caption).to_have_text("Top values of property env by cost")  # the first key, by name
+    assert values.all_inner_texts() == ["(none)", "prod"]  # only r01 has env=prod ($0.001)
+    users.first.click()
+    expect(page.locator('[data-card="Calls"]')).to_have_text("3")
+    assert "user=bob" in page.url

@@ -231,13 +231,48 @@ async function stackChoices(p) {
   select.value = wanted;
 }
 
+// More top lists beside the stacked one: each is a `cost --by DIM --limit 10` report, fetched
+// after the Overview's own view so the charts do not wait for them.
+async function renderTopReport(box, p, by, label, filter) {
+  const q = query(p);
+  for (const own of ["q", "sql", "key", "before", "stack"]) q.delete(own);
+  q.set("by", by);
+  q.set("limit", "10");
+  const body = await getJSON(`/api/ui/report/cost?${q}`);
+  const table = box.querySelector("table");
+  if (!body) return;
+  box.querySelector("figcaption").textContent = label;
+  const name = body.columns[0], cost = body.columns.indexOf("cost_usd"), calls = body.columns.indexOf("calls");
+  const max = Math.max(...body.rows.map((r) => Number(r[cost] ?? 0)), 0) || 1;
+  table.replaceChildren(el("tr", {}, el("th", {}, name), el("th", {}, "calls"), el("th", {}, "cost"), el("th", {}, "")));
+  for (const r of body.rows) {
+    const button = el("button", { class: "filter", type: "button", "data-value": r[0] ?? "" }, r[0] ?? "(none)");
+    button.addEventListener("click", () => { if (r[0] != null) { const n = params(); filter(n, r[0]); navigate(n); } });
+    table.append(el("tr", {}, el("td", {}, button), el("td", { class: "num" }, int.format(r[calls])),
+      el("td", { class: "num" }, money(r[cost])),
+      el("td", { style: "width:40%" }, el("div", { class: "bar", style: `width:${(100 * Number(r[cost] ?? 0)) / max}%;background:${colour(r[0])}` }))));
+  }
+}
+
 async function loadOverview(p) {
   await stackChoices(p);
   const body = await getJSON(`/api/ui/overview?${query(p)}`);
   if (!body) return;
   renderCards(body.cards);
   renderCharts(body);
+  document.body.dataset.charts = "1";  // every chart drawn (what scripts/bench_ui.py times)
   renderTops(body);
+  const keys = [...document.getElementById("stack").options].map((o) => o.value).filter((v) => v.startsWith("property:"));
+  const tops = [renderTopReport(document.querySelector('[data-top="users"]'), p, "user", "Top users by cost",
+    (n, v) => n.append("user", v))];
+  const propBox = document.querySelector('[data-top="property"]');
+  propBox.hidden = !keys.length;
+  if (keys.length) {
+    const key = keys[0].slice("property:".length);
+    tops.push(renderTopReport(propBox, p, keys[0], `Top values of property ${key} by cost`,
+      (n, v) => n.append("property", `${key}=${v}`)));
+  }
+  await Promise.all(tops);
   showSQL(body.sql);
   document.getElementById("status").textContent = `${body.axis.length} ${body.bucket} buckets, ${body.tz}`;
 }
@@ -571,6 +606,7 @@ async function load() {
   status.className = "";
   status.textContent = "loading…";
   delete document.body.dataset.ready;
+  delete document.body.dataset.charts;
   if (page() !== "live" && source) { source.close(); source = null; }
   if (page() === "live") loadLive();
   else if (page() === "requests") {
