@@ -20,6 +20,7 @@ from pathlib import Path
 
 TAP = Path(__file__).resolve().parent.parent / "tap.py"
 _LISTENING = re.compile(r"listening at [^\s]*?:(\d+)")
+_API = re.compile(r"llmtap: local API at http://(\S+)")
 
 
 def mitmdump_command() -> list[str]:
@@ -29,10 +30,17 @@ def mitmdump_command() -> list[str]:
     return [sys.executable, "-c", "from mitmproxy.tools.main import mitmdump; mitmdump()"]
 
 
+def option(args: list[str], name: str) -> str | None:
+    """The last `--set name=value` among mitmdump arguments, or None when none sets it."""
+    values = [a.split("=", 1)[1] for a in args if a.startswith(f"{name}=")]
+    return values[-1] if values else None
+
+
 def _api_settled(log: str, args: list[str], env: dict[str, str]) -> bool:
     """The local API has started (or failed to), unless it is turned off (`llmtap_api=`)."""
-    values = [a.split("=", 1)[1] for a in args if a.startswith("llmtap_api=")]
-    value = values[-1] if values else env.get("LLMTAP_API", "127.0.0.1:8788")
+    value = option(args, "llmtap_api")
+    if value is None:
+        value = env.get("LLMTAP_API", "127.0.0.1:8788")
     return not value or "llmtap: local API" in log
 
 
@@ -48,6 +56,12 @@ class ProxyProcess:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+    @property
+    def api(self) -> str | None:
+        """host:port of its local API, as its log says (`start` waits for that line), or None."""
+        m = _API.search(self.output())
+        return m.group(1) if m else None
 
     def stop(self, sig: int = signal.SIGINT, group: bool = True, timeout: float = 20.0) -> int:
         """Signal the process group (or mitmdump alone) and wait for mitmdump to exit."""

@@ -87,3 +87,17 @@ def _plain(value: Any) -> dict[str, Any]:
 
 def _stamp(t: float) -> dict[str, int]:
     return {"seconds": int(t), "milliseconds": int(round((t - int(t)) * 1000))}
+
+
+def wait_written(api: str, timeout: float = 30.0) -> None:
+    """Until the proxy behind `api` (host:port) has written what its writer was handed (its health
+    says `pending: 0`); at once when no API answers (then the file shows what it holds)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://{api}/v1/health", timeout=2) as reply:
+                if json.load(reply).get("pending", 0) == 0:
+                    return
+        except (OSError, ValueError):
+            return
+        time.sleep(0.05)

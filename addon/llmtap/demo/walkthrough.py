@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 from llmtap import proxyproc
+from llmtap.api.log import wait_written
 from llmtap.demo.fakeprovider import FakeProvider
 from llmtap.reports import output
 from llmtap.storage import query
@@ -67,9 +66,11 @@ def run(db: Path, say: Callable[[str], None] = print, ui: bool = False) -> int:
         try:
             _calls(proxy.url, say)
             if ui:
-                _settled(_api_of(proxy))
+                api = proxy.api
+                assert api is not None, "the demo's proxy always serves its API"
+                wait_written(api)
                 _show(db, say)
-                url = f"http://{_api_of(proxy)}/ui/overview?since=24h"
+                url = f"http://{api}/ui/overview?since=24h"
                 say(f"dashboard: {url} (the demo's proxy serves it; Live shows calls sent to {proxy.url})")
                 say("Ctrl-C stops the proxy and the dashboard")
                 _wait_for_ctrl_c()
@@ -89,22 +90,6 @@ def _show(db: Path, say: Callable[[str], None]) -> None:
     say(f"explore: llmtap report summary --db {db}")
     say(f"         llmtap report cost --by user --db {db}")
     say(f'         llmtap sql --db {db} "SELECT * FROM requests"')
-
-
-def _api_of(proxy: proxyproc.ProxyProcess) -> str:
-    m = re.search(r"llmtap: local API at http://(\S+)", proxy.output())
-    assert m is not None, "the demo's proxy always serves its API"
-    return m.group(1)
-
-
-def _settled(api: str, timeout: float = 30.0) -> None:
-    """Until the proxy's writer has every call of the demo in the file (its API says so)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with urllib.request.urlopen(f"http://{api}/v1/health", timeout=5) as reply:
-            if json.load(reply)["pending"] == 0:
-                return
-        time.sleep(0.05)
 
 
 def _wait_for_ctrl_c() -> None:

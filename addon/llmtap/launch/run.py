@@ -15,7 +15,6 @@ own, so no signal meant for the command stops it before the command's last call 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -23,17 +22,15 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
 from llmtap import proxyproc
+from llmtap.api.log import wait_written
 from llmtap.launch import environment, summary, trust
 
 PASSED_ON = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 IGNORED = (signal.SIGINT, signal.SIGQUIT)
-_API = re.compile(r"llmtap: local API at http://(\S+)")
 _SHUTDOWN = re.compile(r"rows written, (\d+) dropped, (\d+) write errors, (\d+) hook errors")
 SETTLE_TIMEOUT = 30.0
 
@@ -79,14 +76,15 @@ def main(argv: list[str]) -> int:
 
 
 def run(args: argparse.Namespace, mitmdump_args: list[str]) -> int:
-    confdir = (args.confdir or _confdir(mitmdump_args) or trust.default_confdir()).expanduser()
+    given = proxyproc.option(mitmdump_args, "confdir")
+    confdir = (args.confdir or (Path(given) if given else None) or trust.default_confdir()).expanduser()
     since = datetime.now(UTC)
     proxy = None
     if args.proxy:
         url, api = args.proxy, args.api.removeprefix("http://")
     else:
         proxy = _start(args.db, confdir, mitmdump_args)
-        url, api = proxy.url, _api_of(proxy)
+        url, api = proxy.url, proxy.api
     try:
         bundle = trust.bundle(trust.ca_cert(confdir))
         env = os.environ | environment.variables(url, bundle, api)
@@ -95,17 +93,19 @@ def run(args: argparse.Namespace, mitmdump_args: list[str]) -> int:
         if proxy is not None:
             _stop(proxy)
     if proxy is None and api:
-        _settle(api)
+        wait_written(api, SETTLE_TIMEOUT)
     if not args.quiet:
-        s = summary.collect(Path(_db_of(args.db, mitmdump_args)), since)
+        db = proxyproc.option(mitmdump_args, "llmtap_db")
+        s = summary.collect(Path(db if db is not None else args.db), since)
         text = summary.to_json(s, status) if args.format == "json" else summary.render(s, status)
         print(text, file=sys.stderr)
     return status
 
 
 def _start(db: str, confdir: Path, mitmdump_args: list[str]) -> proxyproc.ProxyProcess:
-    settings = [] if _has_set(mitmdump_args, "llmtap_db") else ["--set", f"llmtap_db={db}"]
-    if not _has_set(mitmdump_args, "llmtap_api"):  # a port of its own: another proxy may hold 8788
+    given = proxyproc.option(mitmdump_args, "llmtap_db")
+    settings = [] if given is not None else ["--set", f"llmtap_db={db}"]
+    if proxyproc.option(mitmdump_args, "llmtap_api") is None:  # its own port: another proxy may hold 8788
         settings += ["--set", "llmtap_api=127.0.0.1:0"]
     logs = Path(tempfile.mkdtemp(prefix="llmtap-run-"))
     try:
@@ -155,35 +155,3 @@ def _run_command(command: list[str], env: dict[str, str]) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 128 - rc if rc < 0 else rc
-
-
-def _settle(api: str, timeout: float = SETTLE_TIMEOUT) -> None:
-    """With a running proxy: wait until its writer has written what it was handed."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://{api}/v1/health", timeout=2) as reply:
-                if json.load(reply).get("pending", 0) == 0:
-                    return
-        except (OSError, ValueError):
-            return  # no API to ask: the summary shows what the file holds
-        time.sleep(0.05)
-
-
-def _api_of(proxy: proxyproc.ProxyProcess) -> str | None:
-    m = _API.search(proxy.output())
-    return m.group(1) if m else None
-
-
-def _has_set(args: list[str], name: str) -> bool:
-    return any(a.startswith(f"{name}=") for a in args)
-
-
-def _confdir(args: list[str]) -> Path | None:
-    values = [a.split("=", 1)[1] for a in args if a.startswith("confdir=")]
-    return Path(values[-1]) if values else None
-
-
-def _db_of(db: str, args: list[str]) -> str:
-    values = [a.split("=", 1)[1] for a in args if a.startswith("llmtap_db=")]
-    return values[-1] if values else db
