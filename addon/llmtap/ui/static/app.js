@@ -135,36 +135,42 @@ function renderCharts(v) {
     [axis, aligned(axis, v.calls, "input_tokens"), aligned(axis, v.calls, "output_tokens")], tz);
 }
 
+// A top list: bars by cost, each value a button that filters every page on it.
+function fillTop(box, label, header, rows, pick) {
+  box.querySelector("figcaption").textContent = label;
+  const table = box.querySelector("table");
+  const max = Math.max(...rows.map((r) => Number(r.cost ?? 0)), 0) || 1;
+  table.replaceChildren(el("tr", {}, el("th", {}, header), el("th", {}, "calls"), el("th", {}, "cost"), el("th", {}, "")));
+  for (const r of rows) {
+    const button = el("button", { class: "filter", type: "button", "data-value": r.value ?? "" }, r.value ?? "(none)");
+    button.addEventListener("click", () => { if (r.value != null) { const p = params(); pick(p, r.value); navigate(p); } });
+    const width = (100 * Number(r.cost ?? 0)) / max;
+    table.append(el("tr", {}, el("td", {}, button), el("td", { class: "num" }, int.format(r.calls)),
+      el("td", { class: "num" }, money(r.cost)),
+      el("td", { style: "width:40%" }, el("div", { class: "bar", style: `width:${width}%;background:${colour(r.value)}` }))));
+  }
+}
+
+// The filter a value of a dimension (model, user, property:NAME, score:NAME) stands for.
+function filterOn(by) {
+  const [kind, name] = by.split(":");
+  if (kind === "property" || kind === "score") return (p, v) => p.append(kind, `${name}=${v}`);
+  return (p, v) => p.append(kind, v);
+}
+
 function renderTops(v) {
-  const model = column(v.cost_stacked, v.stack.column), cost = column(v.cost_stacked, "cost_usd");
+  const value = column(v.cost_stacked, v.stack.column), cost = column(v.cost_stacked, "cost_usd");
   const calls = column(v.cost_stacked, "calls");
   const totals = new Map();
   for (const r of v.cost_stacked.rows) {
-    const t = totals.get(model(r)) ?? { cost: 0, calls: 0, exact: "0" };
-    t.cost += Number(cost(r) ?? 0); t.calls += calls(r); t.exact = addMoney(t.exact, cost(r));
-    totals.set(model(r), t);
+    const t = totals.get(value(r)) ?? { value: value(r), calls: 0, cost: "0" };
+    t.calls += calls(r);
+    t.cost = addMoney(t.cost, cost(r));
+    totals.set(value(r), t);
   }
-  const rows = [...totals].sort((a, b) => b[1].cost - a[1].cost).slice(0, 10);
-  const max = Math.max(...rows.map(([, t]) => t.cost), 0) || 1;
+  const rows = [...totals.values()].sort((a, b) => Number(b.cost) - Number(a.cost)).slice(0, 10);
   const by = v.stack.by;
-  document.querySelector('[data-top="models"] figcaption').textContent = `Top ${by} by cost`;
-  const table = document.querySelector('[data-top="models"] table');
-  table.replaceChildren(el("tr", {}, el("th", {}, by), el("th", {}, "calls"), el("th", {}, "cost"), el("th", {}, "")));
-  for (const [m, t] of rows) {
-    const button = el("button", { class: "filter", type: "button", "data-value": m ?? "" }, m ?? "(none)");
-    button.addEventListener("click", () => {
-      const p = params();
-      const [kind, name] = by.split(":");
-      if (m == null) return;
-      if (kind === "property") p.append("property", `${name}=${m}`);
-      else if (kind === "score") p.append("score", `${name}=${m}`);
-      else p.append(kind, m);
-      navigate(p);
-    });
-    table.append(el("tr", {}, el("td", {}, button), el("td", { class: "num" }, int.format(t.calls)),
-      el("td", { class: "num" }, `$${t.exact}`),
-      el("td", { style: "width:40%" }, el("div", { class: "bar", style: `width:${(100 * t.cost) / max}%;background:${colour(m)}` }))));
-  }
+  fillTop(document.querySelector('[data-top="models"]'), `Top ${by} by cost`, by, rows, filterOn(by));
 }
 
 function renderFilters(p) {
@@ -232,26 +238,17 @@ async function stackChoices(p) {
 }
 
 // More top lists beside the stacked one: each is a `cost --by DIM --limit 10` report, fetched
-// after the Overview's own view so the charts do not wait for them.
-async function renderTopReport(box, p, by, label, filter) {
+// after the charts are drawn so they do not wait for it.
+async function renderTopReport(box, p, by, label) {
   const q = query(p);
   for (const own of ["q", "sql", "key", "before", "stack"]) q.delete(own);
   q.set("by", by);
   q.set("limit", "10");
   const body = await getJSON(`/api/ui/report/cost?${q}`);
-  const table = box.querySelector("table");
   if (!body) return;
-  box.querySelector("figcaption").textContent = label;
-  const name = body.columns[0], cost = body.columns.indexOf("cost_usd"), calls = body.columns.indexOf("calls");
-  const max = Math.max(...body.rows.map((r) => Number(r[cost] ?? 0)), 0) || 1;
-  table.replaceChildren(el("tr", {}, el("th", {}, name), el("th", {}, "calls"), el("th", {}, "cost"), el("th", {}, "")));
-  for (const r of body.rows) {
-    const button = el("button", { class: "filter", type: "button", "data-value": r[0] ?? "" }, r[0] ?? "(none)");
-    button.addEventListener("click", () => { if (r[0] != null) { const n = params(); filter(n, r[0]); navigate(n); } });
-    table.append(el("tr", {}, el("td", {}, button), el("td", { class: "num" }, int.format(r[calls])),
-      el("td", { class: "num" }, money(r[cost])),
-      el("td", { style: "width:40%" }, el("div", { class: "bar", style: `width:${(100 * Number(r[cost] ?? 0)) / max}%;background:${colour(r[0])}` }))));
-  }
+  const at = (name) => body.columns.indexOf(name);
+  const rows = body.rows.map((r) => ({ value: r[0], calls: r[at("calls")], cost: r[at("cost_usd")] }));
+  fillTop(box, label, body.columns[0], rows, filterOn(by));
 }
 
 async function loadOverview(p) {
@@ -263,14 +260,12 @@ async function loadOverview(p) {
   document.body.dataset.charts = "1";  // every chart drawn (what scripts/bench_ui.py times)
   renderTops(body);
   const keys = [...document.getElementById("stack").options].map((o) => o.value).filter((v) => v.startsWith("property:"));
-  const tops = [renderTopReport(document.querySelector('[data-top="users"]'), p, "user", "Top users by cost",
-    (n, v) => n.append("user", v))];
+  const tops = [renderTopReport(document.querySelector('[data-top="users"]'), p, "user", "Top users by cost")];
   const propBox = document.querySelector('[data-top="property"]');
   propBox.hidden = !keys.length;
   if (keys.length) {
     const key = keys[0].slice("property:".length);
-    tops.push(renderTopReport(propBox, p, keys[0], `Top values of property ${key} by cost`,
-      (n, v) => n.append("property", `${key}=${v}`)));
+    tops.push(renderTopReport(propBox, p, keys[0], `Top values of property ${key} by cost`));
   }
   await Promise.all(tops);
   showSQL(body.sql);
