@@ -9,7 +9,7 @@ fact, never for a fixed time.
 
 from __future__ import annotations
 
-import re
+import os
 import shutil
 import signal
 import socket
@@ -50,12 +50,10 @@ class Proxy:
 
     @property
     def api(self) -> str:
-        """The local API's base URL, from the proxy's log (it listens on a free port in tests)."""
-        deadline = time.monotonic() + 10
-        while (m := re.search(r"local API at (http://\S+)", self.log())) is None:
-            assert time.monotonic() < deadline, self.log()
-            time.sleep(0.05)
-        return m.group(1)
+        """The local API's base URL (it listens on a free port in tests; `start` waited for it)."""
+        api = self.proc.api
+        assert api is not None, self.log()
+        return f"http://{api}"
 
     def rows(self, where: str = "TRUE", params: list[Any] | None = None) -> list[dict[str, Any]]:
         """Rows as dicts, read once the proxy has stopped (and flushed)."""
@@ -144,3 +142,11 @@ def node_app(app: Path, packages: tuple[str, ...], module: bool = False) -> Path
     subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent", *packages], cwd=app,
                    check=True, timeout=600, capture_output=True)  # fmt: skip
     return app
+
+
+def app_env(home: Path) -> dict[str, str]:
+    """An app's shell before llmtap: no proxy variables, no llmtap settings from the caller's, and
+    llmtap's config dir (its CA bundle, the Node preload) in `home`."""
+    drop = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
+    env = {k: v for k, v in os.environ.items() if k.lower() not in drop and not k.startswith("LLMTAP_")}
+    return env | {"LLMTAP_HOME": str(home)}

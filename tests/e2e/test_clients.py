@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import shutil
 import ssl
 import subprocess
@@ -40,7 +39,7 @@ from genai_prices import Usage
 from mitmproxy.certs import CertStore
 
 from llmtap.demo.fakeprovider import DEFAULT_REPLY, default_usage
-from tests.e2e.conftest import node_app
+from tests.e2e.conftest import app_env, node_app
 from tests.fakeprovider import FakeProvider
 
 CLIENTS = Path(__file__).parent / "clients"
@@ -71,9 +70,7 @@ class World:
 
     def env(self) -> dict[str, str]:
         """The app's shell: its own CA bundle, no proxy, no llmtap settings."""
-        drop = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
-        env = {k: v for k, v in os.environ.items() if k.lower() not in drop and not k.startswith("LLMTAP_")}
-        env |= {"SSL_CERT_FILE": str(self.test_ca), "LLMTAP_HOME": str(self.tmp / "home")}
+        env = app_env(self.tmp / "home") | {"SSL_CERT_FILE": str(self.test_ca)}
         env |= {"OTHER_DIRECT": f"https://127.0.0.1:{self.other_port}/direct",
                 "OTHER_PROXIED": "https://intranet.example/proxied"}  # fmt: skip
         for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "SSL_CERT_DIR"):

@@ -20,7 +20,7 @@ import duckdb
 import pytest
 
 from llmtap.launch import trust
-from tests.e2e.conftest import Proxy
+from tests.e2e.conftest import Proxy, app_env
 from tests.fakeprovider import FakeProvider
 
 CALL = """
@@ -37,9 +37,7 @@ sys.exit(int(sys.argv[1]) if sys.argv[1:] else 0)
 
 
 def shell_env(tmp: Path) -> dict[str, str]:
-    drop = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
-    env = {k: v for k, v in os.environ.items() if k.lower() not in drop and not k.startswith("LLMTAP_")}
-    return env | {"LLMTAP_HOME": str(tmp / "home")}
+    return app_env(tmp / "home")
 
 
 def llmtap_run(tmp: Path, fake: FakeProvider, *command: str, options: tuple[str, ...] = ()) -> list[str]:
