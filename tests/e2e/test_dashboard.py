@@ -25,8 +25,9 @@ from zoneinfo import ZoneInfo
 import duckdb
 import pytest
 
+from llmtap.storage import rollup
 from llmtap.storage.migrations import migrate
-from llmtap.ui import standalone
+from llmtap.ui import standalone, views
 from tests.e2e.conftest import Proxy
 from tests.unit.test_catalog import SUMMARY, load
 
@@ -39,6 +40,7 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with duckdb.connect(str(path)) as conn:
         migrate(conn)
         load(conn)
+        rollup.rebuild(conn)  # as the writer keeps it: the Overview's long ranges read it
     return path
 
 
@@ -229,6 +231,17 @@ def test_overview_page_paints_every_chart(open_page: Callable[..., Any], tmp_pat
     painted = page.evaluate(PAINTED)
     assert len(painted) == 4 and all(n > 500 for n in painted), painted
     page.screenshot(path=str(tmp_path / "overview.png"), full_page=True)
+
+
+def test_sampled_latency_says_so(open_page: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past views.LATENCY_ROWS calls the latency chart is an estimate, and its caption says from
+    which share of the calls (here 5 of 12 called "many", in this process's `llmtap ui`)."""
+    caption = '[data-chart="latency"] .approx'
+    assert open_page(f"{RANGE}&tz=UTC").locator(caption).is_hidden()
+    monkeypatch.setattr(views, "LATENCY_ROWS", 5)
+    page = open_page(f"{RANGE}&tz=UTC")
+    assert page.locator(caption).inner_text() == "approximate: from 41.67% of the calls"
+    assert len(page.evaluate(PAINTED)) == 4
 
 
 def test_a_click_on_a_model_filters_and_changes_the_url(open_page: Callable[..., Any]) -> None:

@@ -21,6 +21,7 @@ import pytest
 from anthropic import Anthropic
 from openai import OpenAI
 
+from llmtap.storage import rollup
 from tests.e2e.conftest import Proxy
 from tests.fakeprovider import FakeProvider
 
@@ -89,6 +90,10 @@ def assert_all_stored(proxy: Proxy, ids: list[str]) -> None:
     log = proxy.log()
     assert "KeyboardInterrupt" not in log and "could not be written" not in log, log
     assert f"llmtap: {len(ids)} rows written, 0 dropped" in log, log
+    # Each batch also went into the dashboard's rollup, in its own transaction: all of them, once.
+    rolled = proxy.select(f"SELECT {', '.join(rollup.NAMES)} FROM {rollup.TABLE} ORDER BY ALL")
+    assert rolled == proxy.select(f"{rollup.aggregate_sql('true')} ORDER BY ALL")
+    assert sum(r["calls"] for r in rolled) == len(ids)
 
 
 # -- feedback, scores and properties that come later --

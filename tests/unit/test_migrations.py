@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal as D
 
 import duckdb
 import pytest
@@ -115,7 +117,7 @@ def test_m006_backfills_hits_from_their_originals(db: duckdb.DuckDBPyConnection)
         " ('orig', now(), 1234.5, 'MISS', NULL), ('hit1', now(), 3, 'HIT', 'orig'),"
         " ('hit2', now(), 4, 'HIT', 'gone'), ('plain', now(), 99, NULL, NULL)"
     )
-    assert migrate(db) == ["m006_latency_saved"]
+    assert migrate(db) == ["m006_latency_saved", "m007_rollup"]
     got = db.execute("SELECT request_id, latency_saved_ms FROM requests ORDER BY request_id").fetchall()
     assert got == [("hit1", 1234.5), ("hit2", None), ("orig", None), ("plain", None)]
     view = db.execute("SELECT hits, latency_saved_ms FROM cache_savings").fetchall()
@@ -124,6 +126,33 @@ def test_m006_backfills_hits_from_their_originals(db: duckdb.DuckDBPyConnection)
     comments = dict(db.execute(sql).fetchall())
     assert comments["hits"] == "Calls answered from the cache."
     assert comments["latency_saved_ms"].startswith("Sum of latency_saved_ms")
+
+
+def test_m007_builds_the_rollup_from_the_calls_logged(db: duckdb.DuckDBPyConnection) -> None:
+    """Calls logged before m007 are in requests_15m: per 15 minutes, provider and model."""
+    for fn in MIGRATIONS[:6]:
+        migrate_one(db, fn)
+    db.execute(
+        "INSERT INTO requests (request_id, created_at, provider, model, status, error, input_tokens,"
+        " output_tokens, cost_usd, cache_status, cost_saved_usd) VALUES"
+        " ('a', '2025-06-01 10:00:00+00', 'openai', 'gpt-4o', 200, NULL, 10, 5, 0.25, 'MISS', NULL),"
+        " ('b', '2025-06-01 10:14:59.999999+00', 'openai', 'gpt-4o', 200, NULL, 1, 2, 0, 'HIT', 0.25),"
+        " ('c', '2025-06-01 10:15:00+00', 'openai', 'gpt-4o', 500, 'upstream 500', NULL, NULL, NULL, NULL,"
+        " NULL), ('d', '2025-06-01 10:20:00+00', NULL, NULL, NULL, 'client disconnected', NULL, NULL, NULL,"
+        " NULL, NULL)"
+    )
+    assert migrate(db) == ["m007_rollup"]
+    qb = int(datetime(2025, 6, 1, 10, tzinfo=UTC).timestamp()) // 900
+    got = db.execute("SELECT * FROM requests_15m ORDER BY qb, provider NULLS LAST").fetchall()
+    assert got == [
+        (qb, "openai", "gpt-4o", 2, 11, 7, D("0.25"), 0, D("0.25"), 0, 1, 2),
+        (qb + 1, "openai", "gpt-4o", 1, None, None, None, 1, None, 1, 0, 0),
+        (qb + 1, None, None, 1, None, None, None, 1, None, 1, 0, 0),
+    ]
+    assert list(columns(db, "requests_15m")) == [
+        "qb", "provider", "model", "calls", "input_tokens", "output_tokens", "cost_usd", "unpriced",
+        "cost_saved_usd", "errors", "cache_hits", "cache_lookups",
+    ]  # fmt: skip
 
 
 def migrate_one(db: duckdb.DuckDBPyConnection, fn: migrations.Migration) -> None:

@@ -59,6 +59,8 @@ _SCORE = re.compile(r"^([A-Za-z0-9_.\-]+?)\s*(>=|<=|!=|==|=|>|<)\s*(-?\d+|true|f
 _TZ = re.compile(r"^[A-Za-z0-9_+\-/]+$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _BUCKET_US = 15 * 60 * 1_000_000
+_RANGE_BUCKETS = 200_000  # ~5.7 years of buckets: past that, the rows' own are fewer
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 # -- arguments --
@@ -106,6 +108,7 @@ class Options:
     by: list[Dimension] = field(default_factory=list)  # empty: the report's default
     limit: int | None = None
     tz: str = "UTC"
+    sample_pct: float | None = None  # grouped reports: read only this share of the calls
 
 
 def parse_dimensions(text: str) -> list[Dimension]:
@@ -189,6 +192,8 @@ class _Params:
 
     def __init__(self) -> None:
         self.values: dict[str, Any] = {}
+        # The time window `_where` resolved: since (None: open), until, and the `now` of an open end.
+        self.span: tuple[datetime | None, datetime | None, datetime] | None = None
 
     def __call__(self, value: Any) -> str:
         name = f"p{len(self.values)}"
@@ -241,10 +246,13 @@ def _set_timezone(conn: duckdb.DuckDBPyConnection, tz: str) -> None:
 
 def _where(conn: duckdb.DuckDBPyConnection, opts: Options, p: _Params, now: datetime) -> list[str]:
     conds = []
-    if opts.since is not None:
-        conds.append(f"created_at >= {p(_resolve(conn, opts.since, now, end=False))}")
-    if opts.until is not None:
-        conds.append(f"created_at < {p(_resolve(conn, opts.until, now, end=True))}")
+    since = _resolve(conn, opts.since, now, end=False) if opts.since is not None else None
+    until = _resolve(conn, opts.until, now, end=True) if opts.until is not None else None
+    p.span = (since, until, now)
+    if since is not None:
+        conds.append(f"created_at >= {p(since)}")
+    if until is not None:
+        conds.append(f"created_at < {p(until)}")
     for column, values in (
         ("provider", opts.provider),
         ("model", opts.model),
@@ -282,9 +290,18 @@ def _resolve(conn: duckdb.DuckDBPyConnection, when: When, now: datetime, end: bo
     return row[0]
 
 
-def _rows_cte(where: Sequence[str]) -> str:
-    """`r`: the filtered rows, inlined wherever used (DuckDB then reads only the columns needed)."""
-    cond = " AND ".join(where) or "true"
+def _rows_cte(where: Sequence[str], sample_pct: float | None = None) -> str:
+    """`r`: the filtered rows, inlined wherever used (DuckDB then reads only the columns needed).
+
+    `sample_pct` keeps that share of the rows, picked by a hash of created_at rather than at
+    random: every read of `r` keeps the same rows (`_tb` reads it again), and so does the next
+    refresh of a chart, which then does not jitter."""
+    conds = list(where)
+    if sample_pct is not None:
+        if not 0 < sample_pct <= 100:
+            raise ReportError(f"sample must be a percentage above 0 and at most 100, got {sample_pct}")
+        conds.append(f"hash(epoch_us(created_at)) % 1000000 < {round(sample_pct * 10_000)}")
+    cond = " AND ".join(conds) or "true"
     return (
         f"r AS NOT MATERIALIZED (SELECT *, epoch_us(created_at) // {_BUCKET_US} AS _qb"
         f" FROM requests WHERE {cond})"
@@ -319,7 +336,7 @@ def _grouping(by: Sequence[Dimension], p: _Params, taken: Sequence[str]) -> _Gro
                     "_tb AS (SELECT _qb,"
                     f" CAST(date_trunc('day', to_timestamp(_qb * {_BUCKET_US // 1_000_000})) AS DATE) AS day,"
                     f" date_trunc('hour', to_timestamp(_qb * {_BUCKET_US // 1_000_000})) AS hour"
-                    " FROM (SELECT DISTINCT _qb FROM r))"
+                    f" FROM ({_buckets(p)}))"
                 )
                 g.joins.append("LEFT JOIN _tb ON _tb._qb = r._qb")
             g.columns.append((f"_tb.{d.kind}", d.kind))
@@ -337,6 +354,25 @@ def _grouping(by: Sequence[Dimension], p: _Params, taken: Sequence[str]) -> _Gro
             )
             g.columns.append((f"{alias}.value", _free_name(d, used)))
     return g
+
+
+def _buckets(p: _Params) -> str:
+    """The 15-minute buckets the filtered rows can fall in: with a --since, every bucket of the
+    window (a range, no second read of the rows); with an open end, also those of any row after
+    `now` (a read of the newest rows only). Without a --since, the buckets the rows hold."""
+    since, until, now = p.span or (None, None, datetime.now(UTC))
+    if since is None:
+        return "SELECT DISTINCT _qb FROM r"
+    us = timedelta(microseconds=1)
+    lo = (since - _EPOCH) // us // _BUCKET_US
+    hi = ((until - us if until is not None else now) - _EPOCH) // us // _BUCKET_US
+    if not 0 <= hi - lo <= _RANGE_BUCKETS:
+        return "SELECT DISTINCT _qb FROM r"
+    window = f"SELECT range AS _qb FROM range({p(lo)}, {p(hi + 1)})"
+    if until is not None:
+        return window
+    later = _EPOCH + timedelta(microseconds=(hi + 1) * _BUCKET_US)
+    return f"{window} UNION ALL SELECT DISTINCT _qb FROM r WHERE created_at >= {p(later)}"
 
 
 def _free_name(d: Dimension, used: set[str]) -> str:
@@ -375,7 +411,7 @@ def _grouped(
     ordering = [f"{_ident(t)} ASC" for t in g.time] + [order]
     ordering += [f"{_ident(n)} ASC NULLS LAST" for _, n in keys if n not in g.time]
     limit = f"\nLIMIT {p(opts.limit)}" if opts.limit else ""
-    with_ = ",\n".join([_rows_cte(where), *g.ctes, body])
+    with_ = ",\n".join([_rows_cte(where, opts.sample_pct), *g.ctes, body])
     return f"WITH {with_}\nSELECT {', '.join(shown)}\nFROM _g\nORDER BY {', '.join(ordering)}{limit}"
 
 

@@ -46,6 +46,7 @@ from llmtap.accounting.record import (
     replay_body,
     to_row,
 )
+from llmtap.storage import rollup
 from llmtap.storage.cachestore import CacheStore
 from llmtap.storage.migrations import migrate
 from llmtap.storage.query import QueryError
@@ -269,6 +270,7 @@ class Store:
                 conn.execute(_merge_setting(behind=len(rows) >= self.batch_size))
                 conn.execute("BEGIN TRANSACTION")
                 _append(conn, rows, self.batch_size)
+                rollup.add(conn, rows)
                 write_annotations(conn, notes)
                 conn.execute("COMMIT")
         except Exception as e:

@@ -129,6 +129,10 @@ function renderCharts(v) {
     [axis, calls, aligned(axis, v.calls, "errors").map((e, i) => (calls[i] == null ? null : e))], tz);
   const lat = ["latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "ttft_p50_ms"];
   const shades = ["#1f77b4", "#ff7f0e", "#d62728", "#2ca02c"];
+  // Over millions of calls the percentiles come from a sample of them (views.LATENCY_ROWS).
+  const approx = document.querySelector('[data-chart="latency"] .approx');
+  approx.hidden = v.latency_sample_pct == null;
+  approx.textContent = approx.hidden ? "" : `approximate: from ${v.latency_sample_pct}% of the calls`;
   plot("latency", lat.map((n, i) => ({ label: n.replace(/_ms$/, ""), stroke: shades[i] })),
     [axis, ...lat.map((n) => aligned(axis, v.latency, n))], tz);
   plot("tokens", [{ label: "input", stroke: "#9467bd" }, { label: "output", stroke: "#8c564b" }],

@@ -1,0 +1,167 @@
+"""The 15-minute rollup: the writer's batches add up to what a rebuild from the calls gives, and the
+Overview read from it is the Overview read from the calls, value for value, or it is not used."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal as D
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+from llmtap.accounting.record import as_row
+from llmtap.reports import rollup as reader
+from llmtap.storage import rollup
+from llmtap.storage.migrations import migrate
+from llmtap.storage.writer import Store
+from llmtap.ui import views
+from tests.unit.test_catalog import COLUMNS, DATA, SUMMARY, load
+
+NOW = datetime(2025, 6, 10, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    """The reports' data set, with the rollup as the writer would have kept it."""
+    path = tmp_path / "tap.duckdb"
+    with duckdb.connect(str(path)) as conn:
+        migrate(conn)
+        load(conn)
+        rollup.rebuild(conn)
+    return path
+
+
+def writer_rows() -> list[tuple[Any, ...]]:
+    """DATA as the writer's rows (COLUMNS order, tz-aware times, decimal costs as text)."""
+    names = [c.strip() for c in COLUMNS.split(",")]
+    out = []
+    for row in DATA:
+        values = dict(zip(names, row, strict=True))
+        values["created_at"] = datetime.fromisoformat(values["created_at"]).replace(tzinfo=UTC)
+        out.append(as_row(source="proxy", **values))
+    return out
+
+
+def test_batches_add_up_to_a_rebuild(tmp_path: Path) -> None:
+    """Three flushes of the real writer (one splitting a bucket in two) equal the rollup built from
+    all the calls at once: the writer's Python sums and the SQL agree to the last digit."""
+    path = tmp_path / "tap.duckdb"
+    store = Store(str(path))
+    rows = writer_rows()
+    for batch in (rows[:2], rows[2:7], rows[7:]):
+        store._pending.extend(batch)
+        assert store.flush()
+    with duckdb.connect(str(path), read_only=True) as conn:
+        merged = conn.execute(f"SELECT * FROM {rollup.TABLE} ORDER BY ALL").fetchall()
+        built = conn.execute(f"{rollup.aggregate_sql('true')} ORDER BY ALL").fetchall()
+    assert merged == built
+    # r01-r03 (10:00:00-10:00:10, gpt-4o) are one bucket's row, merged across the first two flushes;
+    # r04-r05 and r09-r10 share theirs too: 8 rows for 12 calls.
+    assert len(merged) == 8 and sum(r[3] for r in merged) == 12
+    qb = int(datetime(2025, 6, 1, 10, tzinfo=UTC).timestamp()) // 900
+    assert merged[0] == (qb, "openai", "gpt-4o", 3, 400, 200, D("0.003"), 0, D("0.001"), 0, 1, 2)
+
+
+CASES = [
+    ({"since": ["2025-06-01"], "until": ["2025-06-04"]}, "UTC"),  # whole days: no edge
+    ({"since": ["2025-06-01T10:07"], "until": ["2025-06-03T12:10"]}, "Asia/Kathmandu"),  # +05:45
+    ({"since": ["2025-06-01T10:00:05"], "until": ["2025-06-03T12:00"]}, "America/St_Johns"),
+    ({"since": ["2025-05-20"], "provider": ["openai"]}, "Europe/Paris"),  # open end, 'now' edge
+    ({"since": ["2025-06-01"], "model": ["gpt-4o", "gpt-4o-mini"]}, "UTC"),
+    ({"since": ["9d"]}, "UTC"),
+]
+
+
+@pytest.mark.parametrize(("params", "tz"), CASES)
+@pytest.mark.parametrize("stack", ["model", "provider"])
+def test_the_overview_from_the_rollup_is_the_one_from_the_calls(
+    db: Path, params: dict[str, list[str]], tz: str, stack: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opts = views.options({**params, "tz": [tz]})
+    fast = views.overview(db, opts, NOW, stack)
+    monkeypatch.setattr(reader, "overview", lambda *a: None)
+    slow = views.overview(db, opts, NOW, stack)
+    assert (fast["rollup"], slow["rollup"]) == (["cards", "cost_stacked", "errors"], [])
+    assert {k: v for k, v in fast.items() if k not in ("sql", "rollup")} == {
+        k: v for k, v in slow.items() if k not in ("sql", "rollup")
+    }
+    assert "requests_15m" in fast["sql"]["cards"] and "requests_15m" not in slow["sql"]["cards"]
+
+
+def test_a_whole_range_has_known_figures(db: Path) -> None:
+    """The reports' hand-computed totals (tests/unit/test_catalog.py SUMMARY), from the rollup."""
+    v = views.overview(db, views.options({"since": ["2025-06-01"], "until": ["2025-06-04"]}), NOW)
+    assert v["rollup"] == ["cards", "cost_stacked", "errors"]
+    assert v["cards"] == SUMMARY
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"user": ["alice"]}, {"property": ["feature=search"]}, {"rating": ["up"]}, {"session": ["s1"]}],
+)
+def test_filters_the_rollup_does_not_hold_read_the_calls(db: Path, params: dict[str, list[str]]) -> None:
+    v = views.overview(db, views.options({"since": ["2025-06-01"], **params}), NOW)
+    assert v["rollup"] == []
+
+
+@pytest.mark.parametrize("stack", ["user", "property:feature", "score:accuracy"])
+def test_other_stacks_read_their_cost_from_the_calls(
+    db: Path, stack: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cards and errors still come from the rollup; the stacked cost is the calls' report."""
+    opts = views.options({"since": ["2025-06-01T10:07"], "until": ["2025-06-03T12:10"], "tz": ["Asia/Tokyo"]})
+    fast = views.overview(db, opts, NOW, stack)
+    monkeypatch.setattr(reader, "overview", lambda *a: None)
+    slow = views.overview(db, opts, NOW, stack)
+    assert (fast["rollup"], slow["rollup"]) == (["cards", "errors"], [])
+    assert {k: v for k, v in fast.items() if k not in ("sql", "rollup")} == {
+        k: v for k, v in slow.items() if k not in ("sql", "rollup")
+    }
+
+
+def test_short_ranges_read_the_calls(db: Path) -> None:
+    short = views.options({"since": ["2025-06-01T10:00"], "until": ["2025-06-01T11:00"]})  # minutes
+    assert views.overview(db, short, NOW)["rollup"] == []
+
+
+def test_rows_written_by_hand_send_the_reader_to_the_calls(db: Path) -> None:
+    """An INSERT that bypassed the writer: the counts differ, and the cards count the new row."""
+    with duckdb.connect(str(db)) as conn:
+        conn.execute(
+            "INSERT INTO requests (request_id, created_at, provider, model, status)"
+            " VALUES ('by-hand', '2025-06-02 12:00:00+00', 'openai', 'gpt-4o', 200)"
+        )
+    v = views.overview(db, views.options({"since": ["2025-06-01"], "until": ["2025-06-04"]}), NOW)
+    assert (v["rollup"], v["cards"]["calls"]) == ([], 13)
+
+
+def test_a_file_without_the_rollup_reads_the_calls(db: Path) -> None:
+    """A file from before m007, opened read-only (as `llmtap ui` may): no table, no rollup."""
+    with duckdb.connect(str(db)) as conn:
+        conn.execute(f"DROP TABLE {rollup.TABLE}")
+        opts = views.options({"since": ["2025-06-01"]})
+        assert reader.overview(conn, opts, NOW, "day", "model") is None
+
+
+def test_latency_over_many_calls_comes_from_a_stable_sample(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past LATENCY_ROWS calls, the percentiles are those of the calls a hash of created_at keeps:
+    the same ones on every refresh, and the page says which share it read."""
+    monkeypatch.setattr(views, "LATENCY_ROWS", 5)
+    opts = views.options({"since": ["2025-06-01"], "until": ["2025-06-04"]})
+    v = views.overview(db, opts, NOW)
+    assert v["latency_sample_pct"] == round(100 * 5 / 12, 2)
+    assert "hash(epoch_us(created_at)) % 1000000 < 416667" in v["sql"]["latency"]
+    with duckdb.connect(str(db), read_only=True) as conn:
+        kept = conn.execute(
+            "SELECT count(*) FROM requests WHERE hash(epoch_us(created_at)) % 1000000 < 416667"
+            " AND cache_status IS DISTINCT FROM 'HIT' AND rate_limited IS NOT TRUE"
+        ).fetchone()
+    sampled = v["latency"]["rows"]
+    assert sum(r[v["latency"]["columns"].index("calls")] for r in sampled) == kept[0]
+    assert views.overview(db, opts, NOW)["latency"] == v["latency"]
+    monkeypatch.setattr(views, "LATENCY_ROWS", 12)
+    assert views.overview(db, opts, NOW)["latency_sample_pct"] is None
