@@ -16,14 +16,16 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from datetime import date, datetime, time
+from datetime import UTC, date, datetime, time
 from decimal import Decimal as D
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import duckdb
+import genai_prices
 import pytest
+from genai_prices import Usage
 
 from llmtap.storage import rollup
 from llmtap.storage.migrations import migrate
@@ -456,6 +458,18 @@ def test_live_page_shows_calls_while_open(open_page: Callable[..., Any], gateway
     row = page.locator(f'#live tr[data-id="{reply.headers["helicone-id"]}"]')
     expect(row).to_have_attribute("data-state", "done")
     expect(row).to_contain_text("200")
+    # Then the writer's tokens and cost, sent back to the proxy while the page listens: the
+    # reply's own usage, priced here by genai-prices.
+    usage, model = reply.json()["usage"], reply.json()["model"]
+    price = genai_prices.calc_price(
+        Usage(input_tokens=usage["prompt_tokens"], output_tokens=usage["completion_tokens"]), model,
+        provider_id="openai", genai_request_timestamp=datetime.now(UTC),
+    ).total_price.quantize(D("1e-9"))  # fmt: skip
+    expect(row.locator('[data-field="tokens"]')).to_have_text(
+        f"{usage['prompt_tokens']} / {usage['completion_tokens']}"
+    )
+    expect(row.locator('[data-field="cost"]')).to_have_text(f"${price}")
+    expect(row).to_contain_text(model)
     slow = {"x-fake-delay-ms": "400", "x-fake-reply": "one two three four five"}
     with requests.post(f"{gateway.url}/v1/chat/completions", json={**body, "stream": True}, headers=slow,
                        stream=True, timeout=30) as stream:  # fmt: skip
@@ -465,6 +479,11 @@ def test_live_page_shows_calls_while_open(open_page: Callable[..., Any], gateway
         for _ in stream.iter_content(None):
             pass
     expect(streaming).to_have_attribute("data-state", "done")
+    [written] = gateway.wait_rows("SELECT input_tokens, output_tokens, cost_usd FROM requests"
+                                  " WHERE request_id = ?", 1, [rid])  # fmt: skip
+    tokens = f"{written['input_tokens']} / {written['output_tokens']}"
+    expect(streaming.locator('[data-field="tokens"]')).to_have_text(tokens)  # the stream's, as written
+    expect(streaming.locator('[data-field="cost"]')).to_have_text(f"${written['cost_usd']}")
     assert page.locator("#live tbody tr").count() == 2
 
 

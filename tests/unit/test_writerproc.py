@@ -25,7 +25,7 @@ def test_a_writer_started_after_its_parent_died_writes_and_stops(tmp_path: Path)
     queue, shared = context.Queue(), context.Array("q", writerproc.SHARED_SLOTS)
     queue.put([samples.capture()])
     db = tmp_path / "llmtap.duckdb"
-    args = (queue, shared, gone.pid, str(db), 100, 0.1, None, 1 << 20)
+    args = (queue, context.Queue(), shared, gone.pid, str(db), 100, 0.1, None, 1 << 20)
     child = context.Process(target=writerproc._child, args=args)
     child.start()
     child.join(30)
@@ -73,6 +73,26 @@ def test_settled_follows_what_the_writer_has_converted(tmp_path: Path) -> None:
             writer.submit(samples.capture(meta=CallMeta(request_id=f"req-{n}")))
         assert not writer.handoff()
         wait_for(lambda: writer.settled() == 8, "the writer to convert the first three")
+    finally:
+        writer.close()
+
+
+def test_tokens_and_cost_come_back_only_while_watched(tmp_path: Path) -> None:
+    """The Live page's tokens and cost: sent back for the calls converted while `watch` is on,
+    as the writer accounted them (samples.openai_cost: genai-prices on the documented usage)."""
+    writer = writerproc.WriterProcess(str(tmp_path / "llmtap.duckdb"), flush_interval=0.05)
+    writer.start()
+    try:
+        writer.submit(samples.capture(meta=CallMeta(request_id="unwatched")))
+        writer.handoff()
+        wait_for(lambda: writer.settled() == 1, "the writer to convert the first call")
+        writer.watch(True)
+        writer.submit(samples.capture(meta=CallMeta(request_id="watched")))
+        writer.handoff()
+        got: list[dict] = []
+        wait_for(lambda: bool(got.extend(writer.accounted()) or got), "tokens and cost")
+        assert got == [{"request_id": "watched", "model": "gpt-4o-2024-08-06", "input_tokens": 1200,
+                        "output_tokens": 300, "cost_usd": str(samples.openai_cost())}]  # fmt: skip
     finally:
         writer.close()
 

@@ -3,7 +3,8 @@
 The hooks `publish` a few fields of each call (no bodies) when its stream starts and when it ends;
 each open Live page is a subscriber with a bounded queue, and one that cannot keep up loses events
 (counted in the next one it gets), never slowing the proxy. No database is read: tokens and cost
-are the writer process's work and appear on the Requests page once written.
+are the writer process's work, which it sends back while a page listens (writerproc.accounted);
+they follow as an `accounted` event, also merged into the recent calls a new page sees first.
 """
 
 from __future__ import annotations
@@ -29,6 +30,20 @@ class LiveFeed:
     def publish(self, c: Capture, state: str) -> None:
         event = event_of(c, state)
         self.recent.append(event)
+        self._send(event)
+
+    def account(self, items: list[dict[str, Any]]) -> None:
+        """The writer's tokens and cost for calls already shown."""
+        if not items:
+            return
+        by_id = {e["request_id"]: e for e in self.recent if e["state"] == "done"}
+        for item in items:
+            shown = by_id.get(item["request_id"])
+            if shown is not None:
+                shown.update(item)
+            self._send({"state": "accounted", **item})
+
+    def _send(self, event: dict[str, Any]) -> None:
         for q in self.subscribers:
             try:
                 q.put_nowait(event)

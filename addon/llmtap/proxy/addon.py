@@ -194,12 +194,15 @@ class LLMTap:
         logger.info(f"llmtap: local API at http://{host}:{server.port}")
 
     async def _handoff_loop(self) -> None:
-        """Captures of a quiet moment still reach the writer promptly."""
+        """Captures of a quiet moment still reach the writer promptly; the Live page gets the tokens
+        and cost the writer worked out."""
         while True:
             await asyncio.sleep(HANDOFF_SECONDS)
             if self.store is not None:
                 self.store.handoff()
                 self.cache.settle(self.store.settled())
+                self.store.watch(bool(self.live.subscribers))
+                self.live.account(self.store.accounted())
 
     def _swap_rules(self, new: rules.Rules) -> None:
         self.rules = new

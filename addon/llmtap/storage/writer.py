@@ -82,14 +82,17 @@ class Store:
         on_flush: Callable[[Stats], None] | None = None,
         keep_going: Callable[[], bool] = lambda: True,
         on_converted: Callable[[int], None] | None = None,
+        on_rows: Callable[[list[tuple[Any, ...]]], None] | None = None,
     ) -> None:
         """`source` replaces the internal queue (the writer process passes its inter-process queue);
         `on_flush` sees the stats after every write; `keep_going` False ends the loop as a stop would;
-        `on_converted` learns how many records were converted (their cache entries saved)."""
+        `on_converted` learns how many records were converted (their cache entries saved); `on_rows`
+        sees the rows made from each batch (the Live page's tokens and cost)."""
         self.path = path
         self.cache = cache
         self.on_flush = on_flush
         self.on_converted = on_converted
+        self.on_rows = on_rows
         self.keep_going = keep_going
         self.flush_interval = flush_interval
         self.batch_size = batch_size
@@ -140,10 +143,11 @@ class Store:
             timeout = max(0.0, self.flush_interval - (time.monotonic() - last_flush))
             batch, stopping = self._take(timeout)
             stopping = stopping or not self.keep_going()
-            for capture in batch:
-                self._convert(capture)
+            rows = [row for capture in batch if (row := self._convert(capture)) is not None]
             if batch and self.on_converted is not None:
                 self.on_converted(len(batch))
+            if rows and self.on_rows is not None:
+                self.on_rows(rows)
             due = time.monotonic() - last_flush >= self.flush_interval
             if self._waiting and (due or stopping or len(self._pending) >= self.batch_size):
                 self.flush()
@@ -193,10 +197,11 @@ class Store:
             except queue.Empty:
                 return items, False
 
-    def _convert(self, capture: Capture | Annotation) -> None:
+    def _convert(self, capture: Capture | Annotation) -> tuple[Any, ...] | None:
+        """Queue a capture's row (returned) or an annotation (None) for the next flush."""
         if not isinstance(capture, Capture):
             self._annotations.append(capture)
-            return
+            return None
         if capture.hit_fresh and capture.hit_key and self.cache is not None:
             self._saved_original(capture)
         try:
@@ -214,6 +219,7 @@ class Store:
         while len(self._pending) > self.max_pending:
             self._pending.popleft()
             self.stats.dropped += 1
+        return row
 
     def _saved_original(self, c: Capture) -> None:
         """A hit the proxy answered from its memory carries no tokens: they are in the entry this

@@ -14,6 +14,9 @@ only on the sentinel that `close()` sends, after a last flush; if mitmdump dies 
 exits. It ignores SIGINT and SIGTERM: a terminal's Ctrl-C and systemd's stop signal the whole
 process group, and a child that died with them lost every row it held (`start` explains how).
 Counters live in shared memory, so `stats` reads them without a round trip.
+
+While a Live page is open (`watch`), the child sends back each batch's tokens and cost on a second,
+bounded queue (`accounted`); otherwise it sends nothing, and the proxy unpickles nothing.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import time
 from collections import deque
 from typing import Any
 
-from llmtap.accounting.record import Capture
+from llmtap.accounting.record import COLUMNS, Capture
 from llmtap.storage.writer import Stats
 
 logger = logging.getLogger(__name__)
@@ -36,7 +39,10 @@ logger = logging.getLogger(__name__)
 _FIELDS = ("written", "write_errors", "row_errors", "dropped", "annotations")
 _RECEIVED = len(_FIELDS)  # two more shared slots: records the child has taken off the queue,
 _CONVERTED = _RECEIVED + 1  # and records it has converted (their cache entries saved)
-SHARED_SLOTS = _CONVERTED + 1
+_WATCHING = _CONVERTED + 1  # 1 while a Live page wants tokens and cost back
+SHARED_SLOTS = _WATCHING + 1
+ACCOUNTED_BATCHES = 1000  # batches of tokens and cost not yet taken by the proxy: past it, dropped
+ACCOUNTED = ("request_id", "model", "input_tokens", "output_tokens", "cost_usd")
 HANDOFF_SECONDS = 0.05
 HANDOFF_BATCH = 256
 # What a terminal's Ctrl-C, `kill -- -PGID` and systemd send to every process of the group.
@@ -56,6 +62,7 @@ class WriterProcess:
         context = mp.get_context("spawn")
         # The bound is in records, not batches: sent minus received must stay under queue_size.
         self._queue: Any = context.Queue()
+        self._accounted: Any = context.Queue(ACCOUNTED_BATCHES)
         self.queue_size = queue_size
         self.sent = 0
         self._batch: list[Capture] = []
@@ -68,6 +75,7 @@ class WriterProcess:
             target=_child,
             args=(
                 self._queue,
+                self._accounted,
                 self._shared,
                 os.getpid(),
                 path,
@@ -134,6 +142,20 @@ class WriterProcess:
             self._settled = self._marks.popleft()[1]
         return self._settled
 
+    def watch(self, on: bool) -> None:
+        """Whether the child sends tokens and cost back (a Live page is open)."""
+        self._shared[_WATCHING] = int(on)
+
+    def accounted(self) -> list[dict[str, Any]]:
+        """The tokens and cost of the calls written since the last ask (never waits)."""
+        out: list[dict[str, Any]] = []
+        while True:
+            try:
+                batch = self._accounted.get_nowait()
+            except (queue.Empty, OSError, ValueError):  # empty, or closed at a stop
+                return out
+            out.extend(dict(zip(ACCOUNTED, values, strict=True)) for values in batch)
+
     def close(self, timeout: float = 30.0) -> None:
         """Ask the writer to flush everything and stop; wait for it."""
         if self._proc.pid is None:
@@ -150,6 +172,8 @@ class WriterProcess:
             self._proc.join(5)
         self._queue.close()
         self._queue.join_thread()
+        self._accounted.close()
+        self._accounted.cancel_join_thread()  # what the proxy did not take is not needed now
 
     @property
     def stats(self) -> Stats:
@@ -159,7 +183,7 @@ class WriterProcess:
 
 
 def _child(
-    source: Any, shared: Any, parent: int, path: str, queue_size: int, flush_interval: float,
+    source: Any, accounted: Any, shared: Any, parent: int, path: str, queue_size: int, flush_interval: float,
     cache_path: str | None, cache_max_bytes: int,
 ) -> None:  # fmt: skip
     for sig in STOP_SIGNALS:  # stop on the parent's sentinel only, after the last flush
@@ -197,9 +221,21 @@ def _child(
         with shared.get_lock():
             shared[_CONVERTED] += n
 
+    at = [COLUMNS.index(name) for name in ACCOUNTED]
+
+    def rows(made: list[tuple[Any, ...]]) -> None:
+        if not shared[_WATCHING]:
+            return
+        batch = [tuple(str(row[k]) if name == "cost_usd" and row[k] is not None else row[k]
+                       for name, k in zip(ACCOUNTED, at, strict=True)) for row in made]  # fmt: skip
+        try:
+            accounted.put_nowait(batch)
+        except queue.Full:  # the proxy is not taking them: the Live page goes without
+            pass
+
     store = Store(
         path, queue_size, flush_interval, cache=cache, source=_Counting(source, shared), on_flush=publish,
-        keep_going=lambda: os.getppid() == parent, on_converted=converted,
+        keep_going=lambda: os.getppid() == parent, on_converted=converted, on_rows=rows,
     )  # fmt: skip
     store.run()
     publish(store.stats)

@@ -550,18 +550,34 @@ const LIVE_ROWS = 500;
 function liveRow(e) {
   const failed = e.error != null || (e.status != null && e.status >= 400);
   const when = new Date(e.started * 1000).toLocaleTimeString("en-GB", { timeZone: params().get("tz") });
-  return el("tr", { "data-id": e.request_id, "data-state": e.state },
+  return el("tr", { "data-id": e.request_id, "data-state": e.state, "data-event": JSON.stringify(e) },
     el("td", {}, when), el("td", {}, e.state === "streaming" ? badge("streaming…") : badge("done")),
     el("td", {}, e.provider), el("td", {}, e.endpoint ?? ""),
     el("td", {}, e.status == null ? badge(e.state === "streaming" ? "…" : "no answer", failed ? "err" : "") : badge(e.status, failed ? "err" : "")),
     el("td", {}, e.cache_status ? badge(e.cache_status, e.cache_status === "HIT" ? "hit" : "") : ""),
     el("td", { class: "num" }, e.latency_ms == null ? "" : Math.round(e.latency_ms)),
-    el("td", { class: "num" }, e.ttft_ms == null ? "" : Math.round(e.ttft_ms)), el("td", {}, e.user_id ?? ""));
+    el("td", { class: "num" }, e.ttft_ms == null ? "" : Math.round(e.ttft_ms)), el("td", {}, e.user_id ?? ""),
+    el("td", {}, e.model ?? ""),
+    el("td", { class: "num", "data-field": "tokens" }, e.input_tokens == null ? "" : `${e.input_tokens} / ${e.output_tokens ?? 0}`),
+    el("td", { class: "num", "data-field": "cost" }, e.cost_usd == null ? "" : money(e.cost_usd)));
 }
+
+// Tokens and cost come after a call's row, once the writer has worked them out ("accounted"); one
+// that comes first (or for a row not shown yet) waits here for its row.
+const accounted = new Map();
 
 function showLive(e) {
   const tbody = document.querySelector("#live tbody");
-  const row = liveRow(e);
+  if (e.state === "accounted") {
+    const shown = tbody.querySelector(`tr[data-id="${CSS.escape(e.request_id)}"][data-state="done"]`);
+    if (shown) shown.replaceWith(liveRow({ ...JSON.parse(shown.dataset.event), ...e, state: "done" }));
+    else accounted.set(e.request_id, e);
+    while (accounted.size > LIVE_ROWS) accounted.delete(accounted.keys().next().value);
+    return;
+  }
+  const extra = e.state === "done" ? accounted.get(e.request_id) : undefined;
+  if (extra) accounted.delete(e.request_id);
+  const row = liveRow(extra ? { ...e, ...extra, state: "done" } : e);
   const old = tbody.querySelector(`tr[data-id="${CSS.escape(e.request_id)}"]`);
   if (old) old.replaceWith(row);  // a stream that has ended replaces its "streaming" row
   else tbody.prepend(row);
