@@ -29,11 +29,14 @@ fi
 # Pinned (scripts/constraints.txt); scripts/test-latest.sh tries the newest releases instead.
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -c scripts/constraints.txt -e '.[dev]'
 # The client matrix runs the openai npm package on Node and curl (tests/e2e/test_clients.py); the
-# dashboard's browser tests drive Debian's Chromium (Playwright cannot download its own offline).
+# dashboard's browser tests drive Debian's Chromium (Playwright cannot download its own offline);
+# the fleet tests start a real redis-server and a throwaway Postgres cluster (initdb, pg_ctl).
 missing=()
-for pair in node:nodejs npm:npm curl:curl chromium:chromium; do
+for pair in node:nodejs npm:npm curl:curl chromium:chromium redis-server:redis-server; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || command -v initdb >/dev/null 2>&1 \
+  || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     echo "setup: installing ${missing[*]} (Debian packages)"

@@ -14,6 +14,7 @@ from llmtap.reports import catalog, output
 from llmtap.storage import query
 
 if TYPE_CHECKING:
+    from llmtap.fleet.redisstate import SyncCache
     from llmtap.policy import rules
     from llmtap.storage.cachestore import CacheStore
 
@@ -51,7 +52,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"llmtap {__version__}")
     sub = p.add_subparsers(required=True, metavar="COMMAND")
 
-    proxy = sub.add_parser("proxy", help="run mitmdump with the llmtap addon (extra args go to mitmdump)")
+    proxy = sub.add_parser(
+        "proxy",
+        help="run mitmdump with the llmtap addon (extra args go to mitmdump); --workers N first: N processes"
+        " on one port (Linux; needs llmtap_redis and a Postgres llmtap_db)",
+    )
     proxy.add_argument("mitmdump_args", nargs="*", help="e.g. --mode reverse:https://api.openai.com")
     proxy.set_defaults(func=cmd_proxy)
 
@@ -101,6 +106,11 @@ def _parser() -> argparse.ArgumentParser:
     for p_ in (stats, clear):
         p_.add_argument(
             "--cache", default=DEFAULT_CACHE, help="cache file (default: %(default)s; env LLMTAP_CACHE)"
+        )
+        p_.add_argument(
+            "--redis",
+            default=os.environ.get("LLMTAP_REDIS", ""),
+            help="a fleet's Redis URL instead of the file (env LLMTAP_REDIS)",
         )
     stats.set_defaults(func=cmd_cache_stats)
     clear.set_defaults(func=cmd_cache_clear)
@@ -255,10 +265,18 @@ def cmd_proxy(args: argparse.Namespace) -> int:
 
 def run_proxy(extra: list[str]) -> int:
     from llmtap import proxyproc
+    from llmtap.launch import workers
 
+    try:
+        n, extra = workers.split_workers(extra)
+        if not any(a in ("--listen-host",) or a.startswith("--listen-host=") for a in extra):
+            extra = ["--listen-host", "127.0.0.1", *extra]
+        if n > 1:
+            return workers.main(["--workers", str(n), *extra])
+    except workers.WorkersError as e:
+        print(f"llmtap: {e}", file=sys.stderr)
+        return 2
     cmd = [*proxyproc.mitmdump_command(), "-s", str(proxyproc.TAP)]
-    if not any(a in ("--listen-host",) or a.startswith("--listen-host=") for a in extra):
-        cmd += ["--listen-host", "127.0.0.1"]
     os.execv(cmd[0], [*cmd, *extra])
     return 0  # not reached
 
@@ -369,22 +387,34 @@ def _describe(policy: object) -> str:
 
 
 def cmd_cache_stats(args: argparse.Namespace) -> int:
-    stats = _cache(args.cache).stats()
+    stats = _cache(args).stats()
     sys.stdout.write(output.render(list(stats), [tuple(stats.values())]))
     return 0
 
 
 def cmd_cache_clear(args: argparse.Namespace) -> int:
-    n = _cache(args.cache).clear(args.seed)
+    n = _cache(args).clear(args.seed)
     print(f"deleted {n} cached responses" + (f" with seed {args.seed!r}" if args.seed else ""))
     return 0
 
 
-def _cache(path: str) -> CacheStore:
+def _cache(args: argparse.Namespace) -> CacheStore | SyncCache:
     import sqlite3
 
     from llmtap.storage.cachestore import CacheStore
 
+    if args.redis:
+        import redis
+
+        from llmtap.fleet.redisstate import SyncCache, safe_url
+
+        cache = SyncCache(args.redis)
+        try:
+            cache.client.ping()
+        except redis.RedisError as e:
+            raise query.QueryError(f"cannot reach Redis at {safe_url(args.redis)}: {e}") from e
+        return cache
+    path = args.cache
     if not Path(path).exists():
         raise query.QueryError(f"no cache at {path} yet: the proxy creates it when it starts")
     try:

@@ -1,16 +1,24 @@
 """Every llmtap option, in one place.
 
 Set them with mitmproxy's `--set name=value`; the defaults also read environment variables
-(`LLMTAP_DB`, `LLMTAP_RULES`, `LLMTAP_ACCESS_KEY`) so `llmtap proxy` and `mitmdump -s` agree.
+(`LLMTAP_DB`, `LLMTAP_RULES`, `LLMTAP_REDIS`, ...) so `llmtap proxy` and `mitmdump -s` agree.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
-STORE_OPTIONS = ("llmtap_db", "llmtap_queue_size", "llmtap_flush_ms", "llmtap_cache", "llmtap_cache_max_mb")
+STORE_OPTIONS = (
+    "llmtap_db",
+    "llmtap_queue_size",
+    "llmtap_flush_ms",
+    "llmtap_cache",
+    "llmtap_cache_max_mb",
+    "llmtap_redis",
+)
 
 
 def _default_rules() -> str:
@@ -19,12 +27,18 @@ def _default_rules() -> str:
     return "rules.yaml" if Path("rules.yaml").is_file() else ""
 
 
+def default_proxy_id() -> str:
+    """host:worker (`llmtap proxy --workers N` numbers its workers in LLMTAP_WORKER)."""
+    return f"{socket.gethostname()}:{os.environ.get('LLMTAP_WORKER', '0')}"
+
+
 def register(loader: Any) -> None:
     loader.add_option(
         "llmtap_db",
         str,
         os.environ.get("LLMTAP_DB", "llmtap.duckdb"),
-        "DuckDB file that receives one row per LLM call (env LLMTAP_DB).",
+        "DuckDB file that receives one row per LLM call, or a postgresql:// URL: the fleet's log"
+        " (env LLMTAP_DB).",
     )
     loader.add_option(
         "llmtap_rules",
@@ -97,4 +111,20 @@ def register(loader: Any) -> None:
         int,
         1000,
         "Milliseconds between database writes; a kill -9 loses at most this much.",
+    )
+    loader.add_option(
+        "llmtap_redis",
+        str,
+        os.environ.get("LLMTAP_REDIS", ""),
+        """
+        Redis (or Valkey) URL, redis:// rediss:// or unix:// (env LLMTAP_REDIS): rate-limit buckets
+        and the response cache live there, shared by every proxy that names it. Empty: in-process
+        buckets and the SQLite cache file.
+        """,
+    )
+    loader.add_option(
+        "llmtap_proxy_id",
+        str,
+        os.environ.get("LLMTAP_PROXY_ID", "") or default_proxy_id(),
+        "Stamped on every row as proxy_id (env LLMTAP_PROXY_ID; default host:worker).",
     )

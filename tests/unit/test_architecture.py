@@ -19,7 +19,7 @@ from llmtap import cli
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "addon" / "llmtap"
 PAGE = REPO / "docs" / "architecture.md"
-CONTROLLED = ("mitmproxy", "duckdb", "sqlite3", "genai_prices", "tiktoken", "yaml")
+CONTROLLED = ("mitmproxy", "duckdb", "sqlite3", "genai_prices", "tiktoken", "yaml", "redis", "psycopg")
 
 
 def _names(cell: str) -> set[str]:

@@ -56,6 +56,9 @@ EXPECTED = {
     "attempts": "JSON",
     "fallback_index": "INTEGER",
     "latency_saved_ms": "DOUBLE",
+    # m008
+    "proxy_id": "VARCHAR",
+    "rate_limit_store": "VARCHAR",
 }
 
 
@@ -117,7 +120,7 @@ def test_m006_backfills_hits_from_their_originals(db: duckdb.DuckDBPyConnection)
         " ('orig', now(), 1234.5, 'MISS', NULL), ('hit1', now(), 3, 'HIT', 'orig'),"
         " ('hit2', now(), 4, 'HIT', 'gone'), ('plain', now(), 99, NULL, NULL)"
     )
-    assert migrate(db) == ["m006_latency_saved", "m007_rollup"]
+    assert migrate(db) == ["m006_latency_saved", "m007_rollup", "m008_fleet_columns"]
     got = db.execute("SELECT request_id, latency_saved_ms FROM requests ORDER BY request_id").fetchall()
     assert got == [("hit1", 1234.5), ("hit2", None), ("orig", None), ("plain", None)]
     view = db.execute("SELECT hits, latency_saved_ms FROM cache_savings").fetchall()
@@ -141,7 +144,7 @@ def test_m007_builds_the_rollup_from_the_calls_logged(db: duckdb.DuckDBPyConnect
         " NULL), ('d', '2025-06-01 10:20:00+00', NULL, NULL, NULL, 'client disconnected', NULL, NULL, NULL,"
         " NULL, NULL)"
     )
-    assert migrate(db) == ["m007_rollup"]
+    assert migrate(db) == ["m007_rollup", "m008_fleet_columns"]
     qb = int(datetime(2025, 6, 1, 10, tzinfo=UTC).timestamp()) // 900
     got = db.execute("SELECT * FROM requests_15m ORDER BY qb, provider NULLS LAST").fetchall()
     assert got == [

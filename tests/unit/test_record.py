@@ -60,6 +60,8 @@ def test_openai_chat_row() -> None:
         "cache_status": None, "cache_reference_id": None, "cost_saved_usd": None,
         "rate_limited": False, "retries": None, "attempts": None, "fallback_index": None,
         "latency_saved_ms": None,
+        "proxy_id": None,
+        "rate_limit_store": None,
     }  # fmt: skip
 
 

@@ -69,6 +69,8 @@ ROW_SCHEMA: tuple[tuple[str, str], ...] = (
     ("attempts", "JSON"),
     ("fallback_index", "INTEGER"),
     ("latency_saved_ms", "DOUBLE"),
+    ("proxy_id", "VARCHAR"),
+    ("rate_limit_store", "VARCHAR"),
 )
 COLUMNS: tuple[str, ...] = tuple(name for name, _ in ROW_SCHEMA)
 TYPES: tuple[str, ...] = tuple(kind for _, kind in ROW_SCHEMA)
@@ -111,6 +113,8 @@ class Capture:
     attempts: list[dict[str, Any]] | None = None
     fallback_index: int | None = None
     source: str = "proxy"  # 'async' for calls logged after the fact through the local API
+    proxy_id: str | None = None
+    rate_limit_store: str | None = None  # 'redis' | 'local' when a rate limit applied
 
     @property
     def ended(self) -> float:
@@ -175,6 +179,7 @@ def to_row(c: Capture) -> tuple[Any, ...]:
         retries=c.retries,
         attempts=json.dumps(c.attempts) if c.attempts is not None else None,
         fallback_index=c.fallback_index,
+        rate_limit_store=c.rate_limit_store,
     )
     if c.hit is not None:
         return as_row(**common, **_hit(c.hit, requested_model))
@@ -197,6 +202,7 @@ def identity(c: Capture) -> dict[str, Any]:
         streamed=c.streamed,
         latency_ms=c.latency_ms,
         ttft_ms=c.ttft_ms,
+        proxy_id=c.proxy_id,
     )
 
 
@@ -254,6 +260,30 @@ def replay_body(c: Capture) -> bytes:
     """What a cache hit sends: the body decoded, and a stream as its client received it."""
     body = decoded_response(c)
     return client_view_of(body) if c.streamed and c.strip_usage else body
+
+
+def entry_for(c: Capture, row: tuple[Any, ...]) -> Entry:
+    """The cache entry of a response to be saved: its replay, with the tokens and cost of its row."""
+    assert c.cache_save is not None
+    v = dict(zip(COLUMNS, row, strict=True))
+    return Entry(
+        request_id=v["request_id"],
+        status=c.status or 200,
+        content_type=c.content_type or "application/json",
+        streamed=c.streamed,
+        body=replay_body(c),
+        seed=c.cache_save.policy.seed,
+        provider=v["provider"],
+        model=v["model"],
+        input_tokens=v["input_tokens"],
+        output_tokens=v["output_tokens"],
+        cache_read_tokens=v["cache_read_tokens"],
+        cache_write_tokens=v["cache_write_tokens"],
+        reasoning_tokens=v["reasoning_tokens"],
+        usage_source=v["usage_source"],
+        cost_usd=v["cost_usd"],
+        latency_ms=v["latency_ms"],
+    )
 
 
 def as_row(**values: Any) -> tuple[Any, ...]:

@@ -8,6 +8,8 @@ logged it recently: rows reach the file up to a flush later, or much later while
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,9 +18,11 @@ from typing import Any
 from llmtap.accounting.record import Annotation, Capture, Feedback, PropertyUpdate, Score
 from llmtap.api import asynclog, httpserver
 from llmtap.api.live import LiveFeed
-from llmtap.storage import query
+from llmtap.storage import postgres, query
 from llmtap.ui import server as dashboard
 from llmtap.wire import helicone, providers
+
+logger = logging.getLogger(__name__)
 
 
 class Service:
@@ -52,6 +56,9 @@ class Service:
                 return httpserver.Reply(421, {"error": {"message": dashboard.HOST_ERROR, "status": 421}})
             sse = {**dashboard.SECURITY, "content-type": "text/event-stream", "cache-control": "no-cache"}
             return httpserver.Reply(200, self.live.stream(), sse)
+        if dashboard.is_dashboard(method, path) and postgres.is_url(self.db_path()):
+            message = "the dashboard reads DuckDB files only, for now: this proxy logs to Postgres"
+            return httpserver.Reply(501, {"error": {"message": message, "status": 501}})
         if dashboard.is_dashboard(method, path):  # its queries block: a worker thread, off the loop
             page = await asyncio.to_thread(dashboard.handle, method, path, headers, Path(self.db_path()))
             return httpserver.Reply(page.status, page.body, page.all_headers())
@@ -96,6 +103,8 @@ class Service:
 
 
 def _in_db(path: str, request_id: str) -> bool:
+    if postgres.is_url(path):
+        return _in_postgres(path, request_id)
     try:
         conn = query.connect(path, wait=5)
     except query.QueryError:
@@ -107,6 +116,24 @@ def _in_db(path: str, request_id: str) -> bool:
         )
     finally:
         conn.close()
+
+
+def _in_postgres(url: str, request_id: str, tries: int = 4, pause: float = 0.5) -> bool:
+    """In a fleet the call may have gone through another proxy whose writer has not flushed it
+    yet (within its llmtap_flush_ms): ask a few times before answering 404."""
+    try:
+        with postgres.connect(url, read_only=True) as conn:
+            for attempt in range(tries):
+                if postgres.has_request(conn, request_id):
+                    return True
+                conn.rollback()  # a fresh snapshot for the next look
+                if attempt + 1 < tries:
+                    time.sleep(pause)
+    except Exception:
+        logger.warning(
+            f"llmtap: cannot look up request {request_id} in {postgres.safe_url(url)}", exc_info=True
+        )
+    return False
 
 
 class RecentIds:

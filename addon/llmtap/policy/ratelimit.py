@@ -12,9 +12,9 @@ Unlike Helicone, which fails open, a malformed policy header, or one segmented b
 request does not carry, is answered with a 400 naming the header. A rule segmented by user or
 property applies to requests without that value as one shared bucket (`segment: (none)`).
 
-`Buckets` is the state interface (in-process `MemoryBuckets` now; a shared store can implement the
-same three methods later). Its clock is injectable, and it is thread-safe: charges arrive from a
-worker thread.
+`Buckets` is the in-process state (`MemoryBuckets`): its clock is injectable, and it is thread-safe
+(charges arrive from a worker thread). A fleet keeps the same buckets in Redis instead, with the
+same arithmetic in a server-side script (fleet/redisstate.py); `states` reads either's levels.
 """
 
 from __future__ import annotations
@@ -146,16 +146,28 @@ def admit(buckets: Buckets, limits: list[Limit]) -> tuple[bool, list[State]]:
                 if lim.policy.unit == "request":
                     buckets.take(lim.key, lim.policy, 1)
             levels = [buckets.level(lim.key, lim.policy) for lim in limits]
-    return ok, [_state(lim, lvl) for lim, lvl in zip(limits, levels, strict=True)]
+    return ok, states(limits, levels)
+
+
+def states(limits: list[Limit], levels: list[float]) -> list[State]:
+    return [_state(lim, lvl) for lim, lvl in zip(limits, levels, strict=True)]
+
+
+def charges(limits: list[Limit], cents: float | None, tokens: int | None) -> list[tuple[Limit, float]]:
+    """What each cents / tokens bucket owes for a call that really cost this much."""
+    out = []
+    for lim in limits:
+        amount = {"cents": cents, "tokens": tokens}.get(lim.policy.unit)
+        if amount:
+            out.append((lim, float(amount)))
+    return out
 
 
 def charge(buckets: Buckets, limits: list[Limit], cents: float | None, tokens: int | None) -> None:
     """Post-charge cents / tokens buckets with what the call really cost."""
     with buckets.lock():
-        for lim in limits:
-            amount = {"cents": cents, "tokens": tokens}.get(lim.policy.unit)
-            if amount:
-                buckets.take(lim.key, lim.policy, float(amount))
+        for lim, amount in charges(limits, cents, tokens):
+            buckets.take(lim.key, lim.policy, amount)
 
 
 def _admits(policy: RateLimitPolicy, level: float) -> bool:

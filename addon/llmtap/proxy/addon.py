@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import random
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -24,16 +26,22 @@ from mitmproxy.proxy.mode_specs import ReverseMode
 from mitmproxy.utils import asyncio_utils
 
 from llmtap import options
+from llmtap.accounting.record import Annotation, Capture, entry_for, to_row
 from llmtap.api import httpserver
 from llmtap.api.handlers import Service
 from llmtap.api.live import LiveFeed
-from llmtap.policy import retry, rules
+from llmtap.fleet import redisstate
+from llmtap.policy import ratelimit, retry, rules
+from llmtap.policy.cache_keys import Lookup
+from llmtap.policy.ratelimit import Limit
 from llmtap.policy.redact import redact_path
 from llmtap.proxy import attempts, calls, reload, replies, upstream
 from llmtap.proxy.caching import ResponseCache
 from llmtap.proxy.calls import Call
+from llmtap.proxy.fleet import SharedState
 from llmtap.proxy.limits import RateLimits
 from llmtap.proxy.stream import StreamTee
+from llmtap.storage import postgres
 from llmtap.storage.writerproc import HANDOFF_BATCH, HANDOFF_SECONDS, WriterProcess
 from llmtap.wire import providers
 from llmtap.wire.helicone import HeaderError
@@ -48,6 +56,7 @@ class LLMTap:
         self.store: WriterProcess | None = None
         self.cache = ResponseCache()
         self.limits = RateLimits()
+        self.shared: SharedState | None = None  # llmtap_redis: the fleet's limits and cache
         self.calls: dict[str, Call] = {}
         self.hook_errors = 0
         self.tls = upstream.tls_context(False, None)
@@ -56,7 +65,7 @@ class LLMTap:
         self.api_server: httpserver.Server | None = None
         self.live = LiveFeed()
         self.service = Service(
-            submit=lambda item: self.store.submit(item) if self.store is not None else False,
+            submit=self._submit_from_api,
             db_path=lambda: ctx.options.llmtap_db,
             extra_providers=lambda: self.rules.providers,
             store_limit=lambda: ctx.options.llmtap_max_body,
@@ -105,7 +114,8 @@ class LLMTap:
             self._handoff = _background(self._handoff_loop, "llmtap handoff")
         if ctx.options.llmtap_api and self.api_server is None:
             _background(self._start_api, "llmtap api")
-        logger.info(f"llmtap: logging LLM calls to {ctx.options.llmtap_db}")
+        db = ctx.options.llmtap_db
+        logger.info(f"llmtap: logging LLM calls to {postgres.safe_url(db) if postgres.is_url(db) else db}")
 
     def done(self) -> None:
         gc.unfreeze()  # back to normal at exit (frozen objects are never collected, and say so)
@@ -125,7 +135,14 @@ class LLMTap:
 
     def _start_store(self) -> None:
         o = ctx.options
-        cached = self.cache.open(o.llmtap_cache, o.llmtap_cache_max_mb, o.llmtap_queue_size)
+        if o.llmtap_redis:
+            self.shared = self.limits.shared = SharedState(o.llmtap_redis)
+            where = redisstate.safe_url(o.llmtap_redis)
+            logger.info(f"llmtap: rate limits and cache shared in Redis at {where}")
+        # In a fleet the cache is Redis; the proxy saves into it itself (_save_shared).
+        cached = not o.llmtap_redis and self.cache.open(
+            o.llmtap_cache, o.llmtap_cache_max_mb, o.llmtap_queue_size
+        )
         self.store = WriterProcess(
             o.llmtap_db,
             o.llmtap_queue_size,
@@ -147,6 +164,17 @@ class LLMTap:
         )
         self.store = None
         self.cache.close()
+        if self.shared is not None:
+            shared = self.shared
+            logger.info(f"llmtap: Redis: {shared.errors} errors, {shared.fallbacks} calls decided without it")
+            _background(self.shared.close, "llmtap redis close")
+            self.shared = self.limits.shared = None
+
+    def _submit_from_api(self, item: Capture | Annotation) -> bool:
+        """Async logs and annotations from the local API, to the writer (logs stamped as ours)."""
+        if isinstance(item, Capture):
+            item.proxy_id = ctx.options.llmtap_proxy_id
+        return self.store.submit(item) if self.store is not None else False
 
     def _pending(self) -> int:
         """Records submitted to the writer and not yet written, dropped or failed."""
@@ -239,23 +267,40 @@ class LLMTap:
     def _request(self, flow: http.HTTPFlow, call: Call) -> Coroutine[Any, Any, None] | None:
         with self._guard(flow, "request"):
             try:
-                self._start_call(flow, call)
+                shared = self._start_call(flow, call)
             except HeaderError as e:
                 flow.response = replies.error(call.provider.api, 400, str(e), e.header)
-            if flow.response is None and call.delivers and not (call.capture and call.capture.streamed):
-                # Retries / fallbacks for a non-streamed call: llmtap makes every attempt itself,
-                # so connection errors and timeouts can be retried too (reference §4, approach A).
-                return self._guarded(flow, "request", attempts.answer(flow, call, None, self.tls))
+                shared = None
+            if shared is not None:
+                return self._guarded(flow, "request", self._deliver_after(flow, call, shared))
+            return self._deliver(flow, call)
         return None
 
-    def _start_call(self, flow: http.HTTPFlow, call: Call) -> None:
-        """Capture the call, then let the cache, the rate limits and the retry policy decide."""
+    def _deliver(self, flow: http.HTTPFlow, call: Call) -> Coroutine[Any, Any, None] | None:
+        if flow.response is None and call.delivers and not (call.capture and call.capture.streamed):
+            # Retries / fallbacks for a non-streamed call: llmtap makes every attempt itself,
+            # so connection errors and timeouts can be retried too (reference §4, approach A).
+            return self._guarded(flow, "request", attempts.answer(flow, call, None, self.tls))
+        return None
+
+    async def _deliver_after(
+        self, flow: http.HTTPFlow, call: Call, decided: Coroutine[Any, Any, None]
+    ) -> None:
+        await decided
+        work = self._deliver(flow, call)
+        if work is not None:
+            await work
+
+    def _start_call(self, flow: http.HTTPFlow, call: Call) -> Coroutine[Any, Any, None] | None:
+        """Capture the call, then let the cache, the rate limits and the retry policy decide; in a
+        fleet, a coroutine that asks Redis first (only for calls that cache or are limited)."""
         c, headers = calls.open_capture(flow, call, ctx.options.llmtap_max_body)
+        c.proxy_id = ctx.options.llmtap_proxy_id
         if not calls.authorized(c, ctx.options.llmtap_access_key):
             flow.response = replies.error(
                 c.api, 401, "llmtap: missing or wrong Helicone-Auth proxy access key"
             )
-            return
+            return None
         ruled = bool(self.rules.rules)
         # What rules match on is read only when something will match (the common case is neither).
         match = (
@@ -264,18 +309,59 @@ class LLMTap:
             else None
         )
         cache_rule = self.rules.cache_for(match) if match and ruled else None
-        if self.cache.answer(flow, c, cache_rule[1] if cache_rule else None, headers):
-            return
-        if match is not None:
-            found = [(r.name, p) for r, p in self.rules.rate_limits_for(match)] if ruled else []
-            if self.limits.limited(flow, call, headers, match, found):
+        found = [(r.name, p) for r, p in self.rules.rate_limits_for(match)] if match and ruled else []
+        limits = self.limits.limits_of(call, headers, match, found) if match is not None else []
+        if self.shared is not None:
+            lookup = self.cache.plan(flow, c, cache_rule[1] if cache_rule else None, headers)
+            if lookup is not None or limits:
+                return self._decide_shared(flow, call, headers, match, lookup, limits)
+        elif self.cache.answer(flow, c, cache_rule[1] if cache_rule else None, headers):
+            return None
+        elif limits and self.limits.limited(flow, call, limits):
+            return None
+        self._set_up_delivery(flow, call, headers, match)
+        return None
+
+    async def _decide_shared(
+        self,
+        flow: http.HTTPFlow,
+        call: Call,
+        headers: dict[str, str],
+        match: rules.Request | None,
+        lookup: Lookup | None,
+        limits: list[Limit],
+    ) -> None:
+        """One Redis round trip: a fleet-wide cache hit, or the fleet's limits (fleet.py)."""
+        assert self.shared is not None and call.capture is not None
+        c = call.capture
+        slots = redisstate.slot_keys(lookup.policy.seed, lookup.keys()) if lookup is not None else []
+        drawn = random.randrange(len(slots)) if slots else 0
+        decision = await self.shared.decide(slots, drawn, limits)
+        if decision is None:  # Redis away: a miss, nothing saved, this process's buckets
+            c.cache_save = None
+            if limits and self.limits.limited(flow, call, limits):
                 return
+        elif decision.hit is not None:
+            idx, entry = decision.hit
+            self.cache.serve(flow, c, idx, entry, slots[idx])
+            return
+        elif limits:
+            states = ratelimit.states(limits, decision.levels)
+            if self.limits.verdict(flow, call, limits, decision.admitted, states, "redis"):
+                return
+        self._set_up_delivery(flow, call, headers, match)
+
+    def _set_up_delivery(
+        self, flow: http.HTTPFlow, call: Call, headers: dict[str, str], match: rules.Request | None
+    ) -> None:
+        ruled = bool(self.rules.rules)
         retry_rule = self.rules.retry_for(match) if match and ruled else None
         call.retry = retry.policy_for(headers, retry_rule[1] if retry_rule else None)
         call.fallbacks = attempts.fallbacks_for(
             headers, self.rules.fallbacks_for(match) if match and ruled else ()
         )
-        calls.prepare_stream(flow.request, call, c, ctx.options.llmtap_stream_usage)
+        assert call.capture is not None
+        calls.prepare_stream(flow.request, call, call.capture, ctx.options.llmtap_stream_usage)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         call = self.calls.get(flow.id)
@@ -306,7 +392,9 @@ class LLMTap:
         ):
             return self._retry_then_finish(flow, call, resp)
         with self._guard(flow, "response"):
-            self._finish(flow, call, None)
+            save = self._finish(flow, call, None)
+            if save is not None:
+                return self._guarded(flow, "response", save)
         return None
 
     async def _retry_then_finish(self, flow: http.HTTPFlow, call: Call, resp: http.Response) -> None:
@@ -315,25 +403,44 @@ class LLMTap:
             flow, "response", attempts.answer(flow, call, attempts.first_reply(resp), self.tls)
         )
         with self._guard(flow, "response"):
-            self._finish(flow, call, None)
+            save = self._finish(flow, call, None)
+        if save is not None:
+            await self._guarded(flow, "response", save)
 
     def error(self, flow: http.HTTPFlow) -> None:
         call = self.calls.pop(flow.id, None)
         if call is not None and call.capture is not None:
             with self._guard(flow, "error"):
-                self._finish(flow, call, flow.error.msg if flow.error else "unknown error")
+                save = self._finish(flow, call, flow.error.msg if flow.error else "unknown error")
+                if save is not None:
+                    save.close()  # an error is never cached
 
-    def _finish(self, flow: http.HTTPFlow, call: Call, error: str | None) -> None:
-        """Close the capture and hand it over: to the writer, to the rate limits, to the cache."""
+    def _finish(self, flow: http.HTTPFlow, call: Call, error: str | None) -> Coroutine[Any, Any, None] | None:
+        """Close the capture and hand it over: to the writer, to the rate limits, to the cache (in a
+        fleet, a coroutine that saves it in Redis before the response completes)."""
         c = calls.close_capture(flow, call, error)
         self.service.remember(c.meta.request_id)
         self.live.publish(c, "done")
         self.limits.charge_later(call)
+        if self.shared is not None:
+            if self.store is not None:
+                self.store.submit(c)
+            return self._save_shared(c) if c.cacheable and self.shared.available else None
         if self.store is None:
-            return
+            return None
         slot = self.cache.claim(c)  # before the hand-off: the capture carries its slot to the writer
         if self.store.submit(c) and slot is not None:
             self.cache.hold(slot, c, self.store.queued)
+        return None
+
+    async def _save_shared(self, c: Capture) -> None:
+        """Price the response off the loop and save it in the fleet's cache, TTL from its arrival."""
+        assert self.shared is not None and c.cache_save is not None
+        save = c.cache_save
+        entry = await asyncio.get_running_loop().run_in_executor(None, lambda: entry_for(c, to_row(c)))
+        ttl = save.policy.ttl - max(0.0, time.time() - c.ended)
+        if ttl > 0:
+            await self.shared.put(redisstate.slot_keys(save.policy.seed, save.keys()), entry, ttl)
 
     # -- the guard --
 

@@ -17,6 +17,7 @@ from mitmproxy import http
 from llmtap.accounting.entry import Entry
 from llmtap.accounting.record import Capture
 from llmtap.policy import cache_keys
+from llmtap.policy.cache_keys import Lookup
 from llmtap.policy.values import CachePolicy
 from llmtap.proxy import replies
 from llmtap.proxy.fresh import FreshEntries
@@ -50,27 +51,43 @@ class ResponseCache:
         self, flow: http.HTTPFlow, c: Capture, rule: CachePolicy | None, headers: Mapping[str, str]
     ) -> bool:
         """Set up caching for this call (headers lowercased); True when a hit answered it."""
-        policy = cache_keys.policy_for(headers, rule)
-        if policy is None or c.endpoint is None:
+        lookup = self.plan(flow, c, rule, headers)
+        if lookup is None:
             return False
-        req = flow.request
-        lookup = cache_keys.lookup_for(policy, req.method, c.host, req.path, c.request_body, headers)
-        if policy.save:
-            c.cache_save = lookup
-        if not policy.read:
-            return False
-        c.cache_status = "MISS"
         keys = lookup.keys()
         slots = self._slots(keys)
         picked = cachestore.pick(slots[1]) if slots is not None else None
         if slots is None or picked is None:
             return False
         idx, entry = picked
-        c.cache_status, c.hit, c.hit_key, c.cache_save = "HIT", entry, keys[idx], None
-        c.hit_fresh = slots[0][idx] is None
+        self.serve(flow, c, idx, entry, keys[idx], fresh=slots[0][idx] is None)
+        return True
+
+    @staticmethod
+    def plan(
+        flow: http.HTTPFlow, c: Capture, rule: CachePolicy | None, headers: Mapping[str, str]
+    ) -> Lookup | None:
+        """Decide this call's caching: what it saves (c.cache_save), and the lookup to read, if any
+        (then it is a MISS until a hit is served). Raises HeaderError for a bad cache header."""
+        policy = cache_keys.policy_for(headers, rule)
+        if policy is None or c.endpoint is None:
+            return None
+        req = flow.request
+        lookup = cache_keys.lookup_for(policy, req.method, c.host, req.path, c.request_body, headers)
+        if policy.save:
+            c.cache_save = lookup
+        if not policy.read:
+            return None
+        c.cache_status = "MISS"
+        return lookup
+
+    @staticmethod
+    def serve(flow: http.HTTPFlow, c: Capture, idx: int, entry: Entry, key: str, fresh: bool = False) -> None:
+        """Answer the call from a cached entry (slot `idx`, stored under `key`)."""
+        c.cache_status, c.hit, c.hit_key, c.cache_save = "HIT", entry, key, None
+        c.hit_fresh = fresh
         c.streamed = entry.streamed
         flow.response = replies.cache_hit(entry, idx, c.meta.request_id)
-        return True
 
     def claim(self, c: Capture) -> str | None:
         """The slot a response to be saved will take (c.cache_slot), so that the next identical

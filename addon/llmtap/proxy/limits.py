@@ -1,6 +1,7 @@
 """Rate limits as the hooks use them: admit or answer 429, then charge what a call spent.
 
-The buckets and their arithmetic are policy/ratelimit.py's; this is the part that touches flows.
+The buckets and their arithmetic are policy/ratelimit.py's (in Redis, fleet/redisstate.py's); this
+is the part that touches flows.
 `request` buckets are charged before the call; `cents` / `tokens` ones after it, with its real
 usage, priced in a worker thread (pricing a call takes ~0.3 ms: not on the event loop). A call
 that arrives while such a charge is still being priced waits for it (`settled`), so a script's next
@@ -20,6 +21,7 @@ from llmtap.policy import ratelimit, rules
 from llmtap.policy.values import RateLimitPolicy
 from llmtap.proxy import replies
 from llmtap.proxy.calls import Call
+from llmtap.proxy.fleet import SharedState
 
 logger = logging.getLogger(__name__)
 
@@ -27,25 +29,43 @@ logger = logging.getLogger(__name__)
 class RateLimits:
     def __init__(self) -> None:
         self.buckets = ratelimit.MemoryBuckets()
+        self.shared: SharedState | None = None  # the fleet's buckets, when llmtap_redis is set
         self.charging: set[asyncio.Future[None]] = set()  # cents / tokens charges being priced
         self.errors = 0
 
-    def limited(
+    def limits_of(
         self,
-        flow: http.HTTPFlow,
         call: Call,
         headers: Mapping[str, str],
         match: rules.Request,
         found: list[tuple[str, RateLimitPolicy]],
-    ) -> bool:
-        """Apply every limit of this call (rules' and the header's); True when one answered 429."""
+    ) -> list[ratelimit.Limit]:
+        """Every limit of this call (rules' and the header's). Raises HeaderError for a bad header."""
         c = call.capture
         assert c is not None
         header = headers.get("helicone-ratelimit-policy")
         if not found and header is None:
-            return False
-        limits = ratelimit.limits_for(found, header, match.user, c.meta.properties)
+            return []
+        return ratelimit.limits_for(found, header, match.user, c.meta.properties)
+
+    def limited(self, flow: http.HTTPFlow, call: Call, limits: list[ratelimit.Limit]) -> bool:
+        """Check the limits in this process; True when one answered 429."""
         ok, states = ratelimit.admit(self.buckets, limits)
+        return self.verdict(flow, call, limits, ok, states, "local")
+
+    def verdict(
+        self,
+        flow: http.HTTPFlow,
+        call: Call,
+        limits: list[ratelimit.Limit],
+        ok: bool,
+        states: list[ratelimit.State],
+        store: str,
+    ) -> bool:
+        """Apply what the buckets (`store`: 'local' or 'redis') said; True when it is a 429."""
+        c = call.capture
+        assert c is not None
+        c.rate_limit_store = store
         call.rate_headers = ratelimit.headers_for(states, limited=not ok)
         if ok:
             call.charge = [lim for lim in limits if lim.policy.unit != "request"]
@@ -65,16 +85,23 @@ class RateLimits:
         c, limits = call.capture, call.charge
         if not limits or c is None or c.status is None or not 200 <= c.status < 300:
             return
-
-        def work() -> None:
-            cents, tokens = spent(c)
-            ratelimit.charge(self.buckets, limits, cents, tokens)
-
         try:
-            pending = asyncio.get_running_loop().run_in_executor(None, work)
+            loop = asyncio.get_running_loop()
         except RuntimeError:  # no loop (unit tests): do it now
-            work()
+            ratelimit.charge(self.buckets, limits, *spent(c))
             return
+
+        async def work() -> None:
+            owed = ratelimit.charges(limits, *await loop.run_in_executor(None, spent, c))
+            if not owed:
+                return
+            shared = self.shared if c.rate_limit_store == "redis" else None
+            if shared is None or not await shared.charge([o[0] for o in owed], [o[1] for o in owed]):
+                with self.buckets.lock():
+                    for lim, amount in owed:
+                        self.buckets.take(lim.key, lim.policy, amount)
+
+        pending = asyncio.ensure_future(work())
         self.charging.add(pending)
         pending.add_done_callback(self._charged)
 

@@ -510,6 +510,20 @@ def m007_rollup(conn: duckdb.DuckDBPyConnection) -> None:
         conn.execute(f"COMMENT ON COLUMN {rollup.TABLE}.{name} IS {_quote(text)}")
 
 
+@migration
+def m008_fleet_columns(conn: duckdb.DuckDBPyConnection) -> None:
+    """Which proxy logged a call, and where its rate limits were kept (fleet mode, fleet/)."""
+    conn.execute("ALTER TABLE requests ADD COLUMN proxy_id VARCHAR")
+    conn.execute("ALTER TABLE requests ADD COLUMN rate_limit_store VARCHAR")
+    texts = {
+        "proxy_id": "The proxy that logged the call (option llmtap_proxy_id, default host:worker).",
+        "rate_limit_store": "Where the call's rate limits were checked: 'redis' (shared by the fleet),"
+        " 'local' (this process only: Redis was unreachable, or none is set); NULL: no limit applied.",
+    }
+    for column, text in texts.items():
+        conn.execute(f"COMMENT ON COLUMN requests.{column} IS {_quote(text)}")
+
+
 def _quote(text: str) -> str:
     """A SQL string literal (COMMENT ON takes no parameters)."""
     return "'" + text.replace("'", "''") + "'"

@@ -14,6 +14,7 @@ from typing import Any
 
 import duckdb
 
+from llmtap.storage import postgres
 from llmtap.storage.migrations import migrate, pending
 
 
@@ -25,6 +26,11 @@ def connect(path: str | Path, wait: float = 15.0, external_access: bool = True) 
     """A read-only connection with the schema up to date, waiting out a writer's flush. Without
     `external_access` its SQL can read and write no other file (`COPY ... TO`, `read_csv(...)`)."""
     config = {} if external_access else {"enable_external_access": False}
+    if postgres.is_url(path):
+        raise QueryError(
+            f"{postgres.safe_url(str(path))} is a Postgres database: `llmtap sql` reads it; the reports,"
+            " the dashboard and Parquet export read DuckDB files only, for now"
+        )
     path = Path(path)
     if not path.exists():
         raise QueryError(f"no database at {path} yet: start the proxy (or run `llmtap demo`) first")
@@ -47,11 +53,24 @@ def connect(path: str | Path, wait: float = 15.0, external_access: bool = True) 
 
 def run(path: str | Path, sql: str, params: dict[str, Any] | None = None) -> tuple[list[str], list[tuple]]:
     """Columns and rows of one SQL statement against the database, read-only."""
+    if postgres.is_url(path):
+        return run_postgres(str(path), sql, params)
     conn = connect(path)
     try:
         return fetch(conn, sql, params)
     finally:
         conn.close()
+
+
+def run_postgres(url: str, sql: str, params: dict[str, Any] | None = None) -> tuple[list[str], list[tuple]]:
+    """`run` over a fleet's Postgres log: a read-only transaction, errors as QueryError."""
+    import psycopg
+
+    try:
+        with postgres.connect(url, read_only=True) as conn:
+            return postgres.fetch(conn, sql, params)
+    except psycopg.Error as e:
+        raise QueryError(f"{postgres.safe_url(url)}: {str(e).strip()}") from e
 
 
 def run_to_parquet(path: str | Path, sql: str, params: dict[str, Any] | None, out: str | Path) -> None:

@@ -1,5 +1,8 @@
 """The only DuckDB writer: a bounded queue in front of one background thread.
 
+(With `llmtap_db=postgresql://...` the same loop writes each batch to Postgres instead, through
+storage/postgres.py; the file-specific parts below do not apply there.)
+
 Hooks call `submit`, which never blocks: when the queue is full the capture is dropped, counted
 and logged. The writer thread turns captures into rows (parsing, usage, pricing happen here, off
 the event loop) and inserts them in batches, one transaction per batch.
@@ -32,7 +35,6 @@ from typing import Any
 
 import duckdb
 
-from llmtap.accounting.entry import Entry
 from llmtap.accounting.record import (
     COLUMNS,
     TYPES,
@@ -42,11 +44,11 @@ from llmtap.accounting.record import (
     PropertyUpdate,
     Score,
     as_row,
+    entry_for,
     identity,
-    replay_body,
     to_row,
 )
-from llmtap.storage import rollup
+from llmtap.storage import postgres, rollup
 from llmtap.storage.cachestore import CacheStore
 from llmtap.storage.migrations import migrate
 from llmtap.storage.query import QueryError
@@ -89,6 +91,8 @@ class Store:
         `on_converted` learns how many records were converted (their cache entries saved); `on_rows`
         sees the rows made from each batch (the Live page's tokens and cost)."""
         self.path = path
+        self.where = postgres.safe_url(path) if postgres.is_url(path) else path  # for messages
+        self._postgres = postgres.PostgresSink(path) if postgres.is_url(path) else None
         self.cache = cache
         self.on_flush = on_flush
         self.on_converted = on_converted
@@ -157,6 +161,8 @@ class Store:
         if self._duck is not None:
             self._duck.close()
             self._duck = None
+        if self._postgres is not None:
+            self._postgres.close()
 
     @property
     def _waiting(self) -> bool:
@@ -242,25 +248,7 @@ class Store:
         save = c.cache_save
         if save is None or not c.cacheable:
             return
-        v = dict(zip(COLUMNS, row, strict=True))
-        entry = Entry(
-            request_id=v["request_id"],
-            status=c.status or 200,
-            content_type=c.content_type or "application/json",
-            streamed=c.streamed,
-            body=replay_body(c),
-            seed=save.policy.seed,
-            provider=v["provider"],
-            model=v["model"],
-            input_tokens=v["input_tokens"],
-            output_tokens=v["output_tokens"],
-            cache_read_tokens=v["cache_read_tokens"],
-            cache_write_tokens=v["cache_write_tokens"],
-            reasoning_tokens=v["reasoning_tokens"],
-            usage_source=v["usage_source"],
-            cost_usd=v["cost_usd"],
-            latency_ms=v["latency_ms"],
-        )
+        entry = entry_for(c, row)
         self.cache.put(save.keys(), entry, save.policy.ttl, prefer=c.cache_slot, since=c.ended)
 
     def flush(self) -> bool:
@@ -270,23 +258,19 @@ class Store:
         if not rows and not notes and self._migrated:
             return True
         try:
-            with self._attached() as conn:
-                migrate(conn)  # every open: the file may have been replaced while we run
-                self._migrated = True
-                conn.execute(_merge_setting(behind=len(rows) >= self.batch_size))
-                conn.execute("BEGIN TRANSACTION")
-                _append(conn, rows, self.batch_size)
-                rollup.add(conn, rows)
-                write_annotations(conn, notes)
-                conn.execute("COMMIT")
+            if self._postgres is not None:
+                self._postgres.write(rows, notes)
+            else:
+                self._write_file(rows, notes)
+            self._migrated = True
         except Exception as e:
-            self._locked = isinstance(e, duckdb.IOException) and "lock" in str(e).lower()
+            self._locked = _worth_waiting(e)
             self.stats.write_errors += 1
             if self.on_flush is not None:
                 self.on_flush(self.stats)
             self._warn(
                 "write",
-                f"llmtap: cannot write to {self.path} ({e}); {len(rows)} rows kept in memory, "
+                f"llmtap: cannot write to {self.where} ({e}); {len(rows)} rows kept in memory, "
                 "retrying. Traffic is not affected.",
             )
             return False
@@ -298,6 +282,16 @@ class Store:
         if self.on_flush is not None:
             self.on_flush(self.stats)
         return True
+
+    def _write_file(self, rows: list[tuple[Any, ...]], notes: list[Annotation]) -> None:
+        with self._attached() as conn:
+            migrate(conn)  # every open: the file may have been replaced while we run
+            conn.execute(_merge_setting(behind=len(rows) >= self.batch_size))
+            conn.execute("BEGIN TRANSACTION")
+            _append(conn, rows, self.batch_size)
+            rollup.add(conn, rows)
+            write_annotations(conn, notes)
+            conn.execute("COMMIT")
 
     @contextmanager
     def _attached(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -339,6 +333,14 @@ class Store:
         logger.log(level, message)
 
 
+def _worth_waiting(e: Exception) -> bool:
+    """A failure that may clear in seconds (another process's lock on the file, a Postgres that
+    is restarting): at shutdown the writer keeps trying for a while before it gives up."""
+    if isinstance(e, duckdb.IOException):
+        return "lock" in str(e).lower()
+    return type(e).__name__ == "OperationalError"
+
+
 def _merge_setting(behind: bool) -> str:
     """The SQL that says whether this flush's checkpoint merges row groups. Each flush makes a row
     group; merging them into full ones (~120k rows) rewrites the rows merged so far again and
@@ -369,6 +371,8 @@ def _db_values(row: tuple[Any, ...]) -> list[Any]:
 def annotate_file(path: str, request_id: str, notes: list[Annotation], what: str = "annotation") -> None:
     """Write annotations of one logged call straight into the file (`llmtap feedback` and friends
     when no proxy answers); a QueryError says why not (no file, held by a proxy, unknown id)."""
+    if postgres.is_url(path):
+        return _annotate_postgres(path, request_id, notes)
     if not Path(path).exists():
         raise QueryError(f"no database at {path}, and no proxy answered to take the {what}")
     try:
@@ -380,6 +384,19 @@ def annotate_file(path: str, request_id: str, notes: list[Annotation], what: str
         if conn.execute("SELECT 1 FROM requests WHERE request_id = ?", [request_id]).fetchone() is None:
             raise QueryError(f"no request with id {request_id!r} in {path}")
         write_annotations(conn, notes)
+
+
+def _annotate_postgres(url: str, request_id: str, notes: list[Annotation]) -> None:
+    import psycopg
+
+    try:
+        with postgres.connect(url) as conn:
+            postgres.migrate(conn)
+            if not postgres.has_request(conn, request_id):
+                raise QueryError(f"no request with id {request_id!r} in {postgres.safe_url(url)}")
+            postgres.write_annotations(conn, notes)
+    except psycopg.Error as e:
+        raise QueryError(f"cannot write to {postgres.safe_url(url)}: {str(e).strip()}") from e
 
 
 def write_annotations(conn: duckdb.DuckDBPyConnection, notes: list[Annotation]) -> None:

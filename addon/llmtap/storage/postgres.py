@@ -1,0 +1,277 @@
+"""Postgres as the fleet's log: `llmtap_db=postgresql://...` instead of a DuckDB file.
+
+Every proxy's writer process COPYs its batches into one `requests` table, partitioned by month
+of `created_at` (a BRIN index on it; the writer creates a month's partition the first time a row
+needs it, under an advisory lock, so there is no pg_cron). Schema changes are numbered
+migrations applied in one transaction under an advisory lock: many writers starting together
+apply each once, the others wait for it and find it done.
+
+A batch is one transaction. If a retry finds some of its rows already there (the COMMIT went
+through but its answer was lost), it goes through a staging table with `ON CONFLICT DO NOTHING`,
+so a call is stored exactly once. Postgres refuses NUL characters in text and in JSON strings,
+which model output can carry: they become U+FFFD rather than losing the row.
+
+Readers (`llmtap sql`, the local API's "unknown id" check) get a read-only connection with a
+statement timeout; JSON columns come back as text, as DuckDB returns them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from llmtap.accounting.record import COLUMNS, TYPES, Annotation, Feedback, PropertyUpdate, Score
+
+SCHEMES = ("postgresql://", "postgres://")
+CONNECT_TIMEOUT = 3  # seconds: a down server must not hold a flush (or a shutdown) for long
+_LOCK_MIGRATE = 0x6C6D7401  # pg_advisory_xact_lock keys ("lmt" + n): migrations, partitions
+_LOCK_PARTITION = 0x6C6D7402
+_JSON = [k for k, kind in enumerate(TYPES) if kind == "JSON"]
+_TEXT = [k for k, kind in enumerate(TYPES) if kind == "VARCHAR"]
+_COPY = f"COPY {{table}} ({', '.join(COLUMNS)}) FROM STDIN"
+
+
+def is_url(target: object) -> bool:
+    """A Postgres URL rather than a DuckDB file path."""
+    return isinstance(target, str) and target.startswith(SCHEMES)
+
+
+def safe_url(url: str) -> str:
+    """The URL to show in logs and errors: never its password."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def connect(url: str, read_only: bool = False, timeout_ms: int | None = None) -> Any:
+    """A psycopg connection (JSON as text). Raises psycopg.OperationalError when unreachable."""
+    import psycopg
+    from psycopg.types.string import TextLoader
+
+    options = f"-c statement_timeout={timeout_ms}" if timeout_ms else ""
+    conn = psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT, options=options or None)
+    for name in ("json", "jsonb"):
+        conn.adapters.register_loader(name, TextLoader)
+    if read_only:
+        conn.read_only = True
+    return conn
+
+
+# -- migrations --
+
+MIGRATIONS: list[tuple[str, str]] = [
+    (
+        "p001_requests",
+        """
+        CREATE TABLE requests (
+            request_id text NOT NULL,
+            created_at timestamptz NOT NULL,
+            source text NOT NULL DEFAULT 'proxy',
+            provider text, api text, endpoint text, host text, method text, path text,
+            model text, requested_model text,
+            status integer, streamed boolean, latency_ms double precision, ttft_ms double precision,
+            input_tokens bigint, output_tokens bigint, cache_read_tokens bigint,
+            cache_write_tokens bigint, reasoning_tokens bigint, usage_source text,
+            cost_usd numeric(18, 9), cost_note text, prices_version text,
+            user_id text, session_id text, session_path text, session_name text,
+            properties jsonb, request_headers jsonb, request_body text, response_body text, error text,
+            cache_status text, cache_reference_id text, cost_saved_usd numeric(18, 9),
+            rate_limited boolean, retries integer, attempts jsonb, fallback_index integer,
+            latency_saved_ms double precision,
+            proxy_id text, rate_limit_store text,
+            PRIMARY KEY (request_id, created_at)
+        ) PARTITION BY RANGE (created_at);
+        CREATE INDEX requests_created_at ON requests USING brin (created_at);
+        CREATE TABLE feedback (
+            request_id text NOT NULL, rating boolean NOT NULL, created_at timestamptz NOT NULL
+        );
+        CREATE INDEX feedback_request_id ON feedback (request_id);
+        CREATE TABLE scores (
+            request_id text NOT NULL, name text NOT NULL, value bigint NOT NULL,
+            created_at timestamptz NOT NULL
+        );
+        CREATE INDEX scores_request_id ON scores (request_id);
+        """,
+    ),
+]
+
+
+def applied(conn: Any) -> list[str]:
+    exists = conn.execute("SELECT to_regclass('_llmtap_migrations')").fetchone()[0]
+    if exists is None:
+        return []
+    return [r[0] for r in conn.execute("SELECT name FROM _llmtap_migrations ORDER BY name")]
+
+
+def migrate(conn: Any) -> list[str]:
+    """Apply the pending migrations in one transaction, serialised across writers by an advisory
+    lock (a writer that waited finds them applied). Returns the names this call applied."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK_MIGRATE])
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS _llmtap_migrations"
+            " (name text PRIMARY KEY, applied_at timestamptz NOT NULL)"
+        )
+        done = set(applied(conn))
+        names = []
+        for name, ddl in MIGRATIONS:
+            if name in done:
+                continue
+            conn.execute(ddl)
+            conn.execute("INSERT INTO _llmtap_migrations VALUES (%s, now())", [name])
+            names.append(name)
+    return names
+
+
+# -- the writer's sink --
+
+
+class PostgresSink:
+    """What the writer thread calls for each flush when llmtap_db is a Postgres URL."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._conn: Any = None
+        self._months: set[tuple[int, int]] = set()  # partitions known to exist
+
+    def write(self, rows: Sequence[tuple[Any, ...]], notes: Sequence[Annotation]) -> None:
+        """Rows and annotations in one transaction; raises (and reconnects next time) on failure."""
+        import psycopg
+
+        conn = self._connection()
+        try:
+            rows = [_clean(row) for row in rows]
+            try:
+                self._write(conn, rows, notes, "requests")
+            except psycopg.errors.UniqueViolation:  # a retried batch that was committed before
+                self._write(conn, rows, notes, "staging")
+        except Exception:
+            if conn.closed or conn.broken:
+                self.close()
+            raise
+
+    def _write(self, conn: Any, rows: list[tuple[Any, ...]], notes: Sequence[Annotation], via: str) -> None:
+        with conn.transaction():
+            self._partitions(conn, rows)
+            if via == "staging":
+                conn.execute(
+                    "CREATE TEMP TABLE IF NOT EXISTS staging (LIKE requests INCLUDING DEFAULTS)"
+                    " ON COMMIT DELETE ROWS"
+                )
+            with conn.cursor() as cur, cur.copy(_COPY.format(table=via)) as copy:
+                for row in rows:
+                    copy.write_row(row)
+            if via == "staging":
+                conn.execute("INSERT INTO requests SELECT * FROM staging ON CONFLICT DO NOTHING")
+            write_annotations(conn, notes)
+
+    def _connection(self) -> Any:
+        if self._conn is None or self._conn.closed:
+            conn = connect(self.url)
+            try:
+                conn.autocommit = True  # transactions are explicit (conn.transaction())
+                migrate(conn)
+                # Bodies compress ~2x faster with lz4 than the default pglz; a server built
+                # without it keeps pglz.
+                conn.execute(
+                    "SELECT set_config('default_toast_compression', 'lz4', false)"
+                    " WHERE 'lz4' = ANY (SELECT unnest(enumvals) FROM pg_settings"
+                    " WHERE name = 'default_toast_compression')"
+                )
+            except Exception:
+                conn.close()
+                raise
+            self._conn = conn
+            self._months = set()
+        return self._conn
+
+    def _partitions(self, conn: Any, rows: Iterable[tuple[Any, ...]]) -> None:
+        """Create the monthly partitions these rows need (and the next month's, ahead of time)."""
+        months = {(t.year, t.month) for r in rows if (t := r[1].astimezone(UTC))}
+        if not months and not self._months:
+            now = datetime.now(UTC)
+            months = {(now.year, now.month)}
+        months |= {_next(m) for m in months}
+        todo = months - self._months
+        if not todo:
+            return
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK_PARTITION])
+        for year, month in sorted(todo):
+            start, end = _month_start(year, month), _month_start(*_next((year, month)))
+            conn.execute(
+                f"CREATE TABLE IF NOT EXISTS requests_y{year:04d}m{month:02d} PARTITION OF requests"
+                f" FOR VALUES FROM ('{start}') TO ('{end}')"
+            )
+        self._months |= todo
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
+
+
+def _next(month: tuple[int, int]) -> tuple[int, int]:
+    year, m = month
+    return (year + 1, 1) if m == 12 else (year, m + 1)
+
+
+def _month_start(year: int, month: int) -> str:
+    return f"{year:04d}-{month:02d}-01 00:00:00+00"
+
+
+def _clean(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """NUL is the one character Postgres text and JSON refuse: U+FFFD instead (rare: a check per
+    text column, no copy of the row when there is none)."""
+    bad = [k for k in _TEXT if isinstance(row[k], str) and "\x00" in row[k]]
+    bad += [k for k in _JSON if isinstance(row[k], str) and "\\u0000" in row[k]]
+    if not bad:
+        return row
+    values = list(row)
+    for k in bad:
+        values[k] = values[k].replace("\x00", "\ufffd").replace("\\u0000", "\\ufffd")
+    return tuple(values)
+
+
+def write_annotations(conn: Any, notes: Sequence[Annotation]) -> None:
+    """Feedback, scores and late properties, as writer.write_annotations does for DuckDB."""
+    feedback = [(n.request_id, n.rating, n.at) for n in notes if isinstance(n, Feedback)]
+    scores = [(n.request_id, n.name, n.value, n.at) for n in notes if isinstance(n, Score)]
+    with conn.cursor() as cur:
+        if feedback:
+            cur.executemany("INSERT INTO feedback VALUES (%s, %s, %s)", feedback)
+        if scores:
+            cur.executemany("INSERT INTO scores VALUES (%s, %s, %s, %s)", scores)
+        for n in notes:
+            if isinstance(n, PropertyUpdate):
+                cur.execute(
+                    "UPDATE requests SET properties = coalesce(properties, '{}'::jsonb) || %s::jsonb"
+                    " WHERE request_id = %s",
+                    [json.dumps({n.key: n.value}), n.request_id],
+                )
+
+
+# -- readers --
+
+_PARAM = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def fetch(conn: Any, sql: str, params: dict[str, Any] | None = None) -> tuple[list[str], list[tuple]]:
+    """Columns and rows of one statement; `$name` parameters, as DuckDB writes them."""
+    if params:
+        sql = _PARAM.sub(lambda m: f"%({m.group(1)})s", sql.replace("%", "%%"))
+    cur = conn.execute(sql, params or None)
+    columns = [d.name for d in cur.description or []]
+    return columns, cur.fetchall()
+
+
+def has_request(conn: Any, request_id: str) -> bool:
+    return conn.execute("SELECT 1 FROM requests WHERE request_id = %s", [request_id]).fetchone() is not None

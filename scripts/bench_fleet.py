@@ -1,0 +1,232 @@
+"""Fleet mode, measured: the Redis path's cost per call, `--workers 2` vs one worker, and Postgres
+ingest per writer, one run.
+
+What is measured (loopback, reverse mode, quiet mitmdump, benchkit.py's fast upstream in its own
+process; a real redis-server and a throwaway Postgres cluster started here, as the tests do):
+
+- **Redis path**: two taps, both with a `1000000;w=60` header policy on every call (a quota that
+  never limits): one with in-process buckets, one with `llmtap_redis` (the limit check and the
+  cache pick in one script, one round trip). Sequential calls on one keep-alive connection,
+  interleaved rounds; the added p50 is the median of the within-round differences. Target:
+  <= +0.3 ms (TARGET_REDIS_ADDED_MS).
+- **Workers**: `llmtap proxy --workers 2` vs one `mitmdump -s addon/tap.py`, both with Redis and
+  Postgres, 10 clients (one connection each; the kernel spreads connections over the workers) for
+  a fixed time per round, interleaved; the ratio is the median of the within-round ratios. The
+  client and the upstream run on the same 2 cores, so this box cannot show 2x: the ratio is
+  reported, not judged.
+- **Postgres ingest**: the writer's sink (`storage/postgres.PostgresSink`, COPY in one transaction
+  per batch of 5,000) on rows with ~4 KB of bodies (a 2.4 KB system prompt from a pool of 200 plus
+  unique user text, a 700 B answer from a pool of 500 plus unique text, as in
+  shared/reference/scaleout.md), rows built before the clock starts; and `to_row` (parsing,
+  pricing) per row for scale, since the writer does both.
+
+Not measured here yet: the built-in reports over 10M rows in Postgres (the reports read DuckDB
+files only, for now).
+
+    python scripts/bench_fleet.py [--quick] [--json FILE] [--keep]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [p for p in (str(HERE), str(HERE.parent / "addon"), str(HERE.parent)) if p not in sys.path]
+
+import benchkit as bk  # noqa: E402
+from benchkit import Samples, call, make_request, percentile  # noqa: E402
+
+from llmtap.accounting.record import COLUMNS, to_row  # noqa: E402
+from llmtap.storage import postgres  # noqa: E402
+from tests.servers import PostgresServer, RedisServer  # noqa: E402
+from tests.unit import samples  # noqa: E402
+
+TARGET_REDIS_ADDED_MS = 0.3
+POLICY = {"Helicone-RateLimit-Policy": "1000000;w=60"}
+
+
+@dataclass
+class Result:
+    local_p50_ms: float
+    redis_p50_ms: float
+    redis_added_p50_ms: float
+    one_worker_rps: float
+    two_workers_rps: float
+    workers_ratio: float
+    ingest_rows_per_s: list[float]
+    to_row_us: float
+
+
+async def sequential(port: int, n: int) -> Samples:
+    out = Samples()
+    request = make_request(port, POLICY)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    start = time.perf_counter()
+    try:
+        for _ in range(n):
+            status, headers, seconds = await call(reader, writer, request)
+            out.errors += status != 200 or "helicone-ratelimit-remaining" not in headers
+            out.latencies.append(seconds)
+    finally:
+        writer.close()
+    out.elapsed = time.perf_counter() - start
+    return out
+
+
+async def concurrent(port: int, clients: int, seconds: float) -> Samples:
+    out = Samples()
+    request = make_request(port, POLICY)
+    deadline = time.perf_counter() + seconds
+
+    async def one() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while time.perf_counter() < deadline:
+                status, _, latency = await call(reader, writer, request)
+                out.errors += status != 200
+                out.latencies.append(latency)
+        finally:
+            writer.close()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(clients)))
+    out.elapsed = time.perf_counter() - start
+    return out
+
+
+def redis_path(
+    ws: bk.Workspace, upstream: bk.Proc, redis: str, rounds: int, n: int
+) -> tuple[float, float, float]:
+    local = bk.start_tap("local", upstream.port, ws.tmp, ws.started)
+    shared = bk.start_tap("redis", upstream.port, ws.tmp, ws.started, ["--set", f"llmtap_redis={redis}"])
+    p50s: dict[str, list[float]] = {"local": [], "redis": []}
+    added = []
+    for r in range(rounds):
+        order = [("local", local), ("redis", shared)][:: 1 if r % 2 == 0 else -1]
+        got = {}
+        for name, proc in order:
+            s = asyncio.run(sequential(proc.port, n))
+            assert s.errors == 0, f"{name}: {s.errors} bad answers"
+            got[name] = 1000 * percentile(s.latencies, 0.5)
+            p50s[name].append(got[name])
+        added.append(got["redis"] - got["local"])
+        ws.log(f"round {r + 1}: p50 local {got['local']:.3f} ms, redis {got['redis']:.3f} ms")
+    bk.stop(local), bk.stop(shared)
+    return statistics.median(p50s["local"]), statistics.median(p50s["redis"]), statistics.median(added)
+
+
+def workers(
+    ws: bk.Workspace, upstream: bk.Proc, redis: str, db: str, rounds: int, seconds: float
+) -> tuple[float, float, float]:
+    fleet = ["--set", f"llmtap_redis={redis}", "--set", f"llmtap_db={db}"]
+    one = bk.start_tap("one", upstream.port, ws.tmp, ws.started, fleet)
+    port = bk.free_port()
+    llmtap = str(Path(sys.executable).with_name("llmtap"))
+    cmd = [
+        llmtap,
+        "proxy",
+        "--workers",
+        "2",
+        *bk.mitmdump_cmd(port, upstream.port, ws.tmp / "conf-two", [])[1:],
+    ]
+    cmd += [*bk.tap_args("two", ws.tmp)[2:], *fleet]
+    two = bk.spawn("two", cmd, port, ws.tmp)
+    ws.started.append(two)
+    bk.wait_ready(two, settle=3.0)
+    rps: dict[str, list[float]] = {"one": [], "two": []}
+    ratios = []
+    for r in range(rounds):
+        order = [("one", one), ("two", two)][:: 1 if r % 2 == 0 else -1]
+        got = {}
+        for name, proc in order:
+            s = asyncio.run(concurrent(proc.port, bk.CLIENTS, seconds))
+            assert s.errors == 0, f"{name}: {s.errors} bad answers"
+            got[name] = len(s.latencies) / s.elapsed
+            rps[name].append(got[name])
+        ratios.append(got["two"] / got["one"])
+        ws.log(f"round {r + 1}: one worker {got['one']:.0f} req/s, two {got['two']:.0f} req/s")
+    bk.stop(one), bk.stop(two)
+    return statistics.median(rps["one"]), statistics.median(rps["two"]), statistics.median(ratios)
+
+
+def realistic_rows(n: int) -> list[tuple]:
+    """Rows with ~4 KB of bodies: pooled prompts and answers plus unique text (scaleout.md §4)."""
+    rng = random.Random(7)
+    prompts = ["".join(rng.choices("abcdefghij ", k=2400)) for _ in range(200)]
+    answers = ["".join(rng.choices("klmnopqrst ", k=700)) for _ in range(500)]
+    base = to_row(samples.capture())
+    rows = []
+    for i in range(n):
+        row = list(base)
+        row[0] = f"bench-{i:09d}"
+        row[COLUMNS.index("request_body")] = (
+            f'{{"system": "{rng.choice(prompts)}", "user": "{i} {"u" * 500}"}}'
+        )
+        row[COLUMNS.index("response_body")] = f'{{"answer": "{rng.choice(answers)} {"a" * 150}"}}'
+        rows.append(tuple(row))
+    return rows
+
+
+def ingest(db: str, batches: int, batch: int = 5_000) -> list[float]:
+    rows = realistic_rows(batches * batch)
+    sink = postgres.PostgresSink(db)
+    sink.write([], [])  # connect and migrate before the clock
+    rates = []
+    for k in range(batches):
+        part = rows[k * batch : (k + 1) * batch]
+        start = time.perf_counter()
+        sink.write(part, [])
+        rates.append(batch / (time.perf_counter() - start))
+    sink.close()
+    return rates
+
+
+def to_row_cost(n: int) -> float:
+    captures = [samples.capture() for _ in range(n)]
+    start = time.perf_counter()
+    for c in captures:
+        to_row(c)
+    return 1e6 * (time.perf_counter() - start) / n
+
+
+def main() -> int:
+    args = bk.arguments(__doc__, keep="logs, the Redis and Postgres dirs").parse_args()
+    rounds, n, seconds, batches = (3, 300, 2.0, 4) if args.quick else (8, 1000, 5.0, 20)
+    with bk.workspace("fleet", args.keep) as ws:
+        redis = RedisServer(ws.tmp / "redis").start()
+        pg = PostgresServer().start()
+        try:
+            upstream = bk.start_upstream("fast", ws.tmp)
+            ws.started.append(upstream)
+            local, shared, added = redis_path(ws, upstream, redis.url, rounds, n)
+            one, two, ratio = workers(ws, upstream, redis.url, pg.create_database("workers"), rounds, seconds)
+            ws.log("ingest")
+            rates = ingest(pg.create_database("ingest"), batches)
+            per_row = to_row_cost(2000)
+        finally:
+            ws.stop_all()
+            ws.started.clear()
+            redis.stop()
+            pg.remove()
+    result = Result(local, shared, added, one, two, ratio, rates, per_row)
+    print(f"Redis path, sequential p50: local buckets {local:.3f} ms, Redis {shared:.3f} ms, added"
+          f" {added:+.3f} ms (median of {rounds} rounds) -> {bk.verdict(added <= TARGET_REDIS_ADDED_MS)}"
+          f" (target <= +{TARGET_REDIS_ADDED_MS} ms)")  # fmt: skip
+    print(f"workers, {bk.CLIENTS} clients: one {one:.0f} req/s, --workers 2 {two:.0f} req/s,"
+          f" ratio {ratio:.2f}x (median of the rounds; client and upstream share the cores)")  # fmt: skip
+    q = sorted(rates)
+    print(f"Postgres ingest per writer (COPY, ~4 KB bodies, batches of 5,000):"
+          f" median {statistics.median(q):,.0f} rows/s, range {q[0]:,.0f}-{q[-1]:,.0f};"
+          f" to_row {per_row:.0f} us per row")  # fmt: skip
+    bk.write_json(args.json, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
