@@ -235,7 +235,8 @@ SELECT
     rate_limited,
     CASE WHEN u(i, 31) < 0.2 THEN (CASE WHEN u(i, 32) < 0.85 THEN 0 WHEN u(i, 32) < 0.97 THEN 1 ELSE 2 END) END,
     NULL, NULL,
-    CASE WHEN hit THEN round(250 + inp * 0.02 + outp * {_col(7)}[m] * (0.7 + 0.6 * u(c, 20)), 3) END
+    CASE WHEN hit THEN round(250 + inp * 0.02 + outp * {_col(7)}[m] * (0.7 + 0.6 * u(c, 20)), 3) END,
+    'bench:' || CAST(i % 4 AS VARCHAR), CASE WHEN rate_limited THEN 'redis' END
 FROM (
     SELECT *,
         CAST(round(((inp - cr - cw) * {_col(5)}[m] + cr * {_col(5)}[m] * 0.25 + cw * {_col(5)}[m] * 1.25

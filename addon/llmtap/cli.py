@@ -306,8 +306,13 @@ def cmd_ca(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    from llmtap.storage import postgres
     from llmtap.ui import standalone
 
+    if postgres.is_url(args.db):
+        raise query.QueryError(
+            "the dashboard reads DuckDB files only, for now (reports and sql read Postgres)"
+        )
     return standalone.serve(Path(args.db), args.port, args.open)
 
 

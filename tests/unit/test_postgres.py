@@ -133,7 +133,9 @@ def test_writers_starting_together_migrate_once(postgres_db: str) -> None:
         t.join()
     assert errors == []
     assert sorted(results) == [[], [], [], [name for name, _ in postgres.MIGRATIONS]]
-    assert pg_rows(postgres_db, "SELECT name FROM _llmtap_migrations") == [("p001_requests",)]
+    assert pg_rows(postgres_db, "SELECT name FROM _llmtap_migrations ORDER BY 1") == [
+        ("p001_requests",), ("p002_report_support",)
+    ]  # fmt: skip
 
 
 def test_annotations_and_the_unknown_id_check(postgres_db: str) -> None:

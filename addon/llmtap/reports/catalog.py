@@ -24,7 +24,7 @@ from typing import Any
 
 import duckdb
 
-from llmtap.reports import output
+from llmtap.reports import dialect, output
 from llmtap.storage import query
 from llmtap.storage.query import QueryError
 
@@ -190,7 +190,8 @@ class Report:
 class _Params:
     """Collects bound values; each call returns the placeholder for one."""
 
-    def __init__(self) -> None:
+    def __init__(self, sql: dialect.Dialect = dialect.DUCKDB) -> None:
+        self.sql = sql  # the database's dialect (reports/dialect.py)
         self.values: dict[str, Any] = {}
         # The time window `_where` resolved: since (None: open), until, and the `now` of an open end.
         self.span: tuple[datetime | None, datetime | None, datetime] | None = None
@@ -210,7 +211,7 @@ def prepare(conn: duckdb.DuckDBPyConnection, name: str, opts: Options, now: date
     if opts.limit is not None and opts.limit < 1:
         raise ReportError(f"--limit must be at least 1, got {opts.limit}")
     _set_timezone(conn, opts.tz)
-    p = _Params()
+    p = _Params(dialect.of(conn))
     where = _where(conn, opts, p, now or datetime.now(UTC))
     if name == "summary":
         return Report(name, _summary(where), p.values, "one")
@@ -239,8 +240,8 @@ def fetch(
 def _set_timezone(conn: duckdb.DuckDBPyConnection, tz: str) -> None:
     parse_tz(tz)  # validated: SET takes no parameter
     try:
-        conn.execute(f"SET TimeZone = '{tz}'")
-    except duckdb.Error as e:
+        query.fetch(conn, f"SET TimeZone = '{tz}'")
+    except QueryError as e:
         raise ReportError(f"unknown time zone {tz!r} (try UTC or a name like Europe/Paris)") from e
 
 
@@ -285,9 +286,8 @@ def _resolve(conn: duckdb.DuckDBPyConnection, when: When, now: datetime, end: bo
     at = when.at + timedelta(days=1) if when.date_only and end else when.at
     if at.tzinfo is not None:
         return at
-    row = conn.execute("SELECT CAST(? AS TIMESTAMPTZ)", [at]).fetchone()  # naive: in the session's zone
-    assert row is not None
-    return row[0]
+    _, rows = query.fetch(conn, "SELECT CAST($at AS TIMESTAMPTZ)", {"at": at})  # naive: in the session's zone
+    return rows[0][0]
 
 
 def _rows_cte(where: Sequence[str], sample_pct: float | None = None) -> str:
@@ -336,7 +336,7 @@ def _grouping(by: Sequence[Dimension], p: _Params, taken: Sequence[str]) -> _Gro
                     "_tb AS (SELECT _qb,"
                     f" CAST(date_trunc('day', to_timestamp(_qb * {_BUCKET_US // 1_000_000})) AS DATE) AS day,"
                     f" date_trunc('hour', to_timestamp(_qb * {_BUCKET_US // 1_000_000})) AS hour"
-                    f" FROM ({_buckets(p)}))"
+                    f" FROM ({_buckets(p)}) AS _w)"
                 )
                 g.joins.append("LEFT JOIN _tb ON _tb._qb = r._qb")
             g.columns.append((f"_tb.{d.kind}", d.kind))
@@ -417,8 +417,8 @@ def _grouped(
 
 COST_MEASURES = [
     ("count(*)", "calls"),
-    ("sum(r.input_tokens)", "input_tokens"),
-    ("sum(r.output_tokens)", "output_tokens"),
+    ("CAST(sum(r.input_tokens) AS BIGINT)", "input_tokens"),
+    ("CAST(sum(r.output_tokens) AS BIGINT)", "output_tokens"),
     ("sum(r.cost_usd)", "cost_usd"),
     ("count(*) FILTER (WHERE r.cost_usd IS NULL)", "unpriced"),
     ("sum(r.cost_saved_usd)", "cost_saved_usd"),
@@ -434,7 +434,7 @@ def _cache(where: list[str], p: _Params, opts: Options, by: Sequence[Dimension])
     measures = [
         (hits, "hits"),
         ("count(*) FILTER (WHERE r.cache_status = 'MISS')", "misses"),
-        (f"round(100 * {hits} / count(*), 1)", "hit_pct"),
+        (f"round(CAST(100 * {hits} AS DOUBLE PRECISION) / count(*), 1)", "hit_pct"),
         ("sum(r.cost_saved_usd)", "cost_saved_usd"),
         ("sum(r.latency_saved_ms)", "latency_saved_ms"),
     ]
@@ -445,11 +445,11 @@ def _cache(where: list[str], p: _Params, opts: Options, by: Sequence[Dimension])
 
 
 def _latency(where: list[str], p: _Params, opts: Options, by: Sequence[Dimension]) -> str:
-    q = "[0.5, 0.95, 0.99]"
+    q = (0.5, 0.95, 0.99)
     measures = [
         ("count(*)", "calls"),
-        (f"quantile_cont(r.latency_ms, {q})", "_latency"),
-        (f"quantile_cont(r.ttft_ms, {q})", "_ttft"),
+        (p.sql.quantiles("r.latency_ms", q), "_latency"),
+        (p.sql.quantiles("r.ttft_ms", q), "_ttft"),
     ]
     outer = [("calls", "calls")] + [
         (f"round({src}[{i}], 1)", f"{name}_p{pct}_ms")
@@ -465,7 +465,7 @@ def _errors(where: list[str], p: _Params, opts: Options, by: Sequence[Dimension]
     measures = [
         ("count(*)", "calls"),
         ("count(*) FILTER (WHERE r.rate_limited)", "rate_limited"),
-        ("coalesce(sum(r.retries), 0)", "retries"),
+        ("CAST(coalesce(sum(r.retries), 0) AS BIGINT)", "retries"),
         ("max(r.created_at)", "last_seen"),
     ]
     failed = "(status >= 400 OR error IS NOT NULL)"
@@ -479,15 +479,15 @@ _BUILDERS = {"cost": _cost, "cache": _cache, "latency": _latency, "errors": _err
 def _summary(where: list[str]) -> str:
     return f"""WITH {_rows_cte(where)}
 SELECT count(*) AS calls,
-       sum(input_tokens) AS input_tokens,
-       sum(output_tokens) AS output_tokens,
+       CAST(sum(input_tokens) AS BIGINT) AS input_tokens,
+       CAST(sum(output_tokens) AS BIGINT) AS output_tokens,
        sum(cost_usd) AS cost_usd,
        count(*) FILTER (WHERE cost_usd IS NULL) AS unpriced,
        count(*) FILTER (WHERE status >= 400 OR error IS NOT NULL) AS errors,
-       round(100 * count(*) FILTER (WHERE status >= 400 OR error IS NOT NULL) / nullif(count(*), 0), 1)
-           AS error_pct,
+       round(CAST(100 * count(*) FILTER (WHERE status >= 400 OR error IS NOT NULL) AS DOUBLE PRECISION)
+             / nullif(count(*), 0), 1) AS error_pct,
        count(*) FILTER (WHERE cache_status = 'HIT') AS cache_hits,
-       round(100 * count(*) FILTER (WHERE cache_status = 'HIT')
+       round(CAST(100 * count(*) FILTER (WHERE cache_status = 'HIT') AS DOUBLE PRECISION)
              / nullif(count(*) FILTER (WHERE cache_status IN ('HIT', 'MISS')), 0), 1) AS cache_hit_pct,
        sum(cost_saved_usd) AS cost_saved_usd
 FROM r"""
@@ -527,7 +527,7 @@ def log_page(
     page 1 does. `search` matches the bodies, case-insensitively, within the filtered rows only
     (the dashboard asks for a time window with it: a body scan is the slow part)."""
     _set_timezone(conn, opts.tz)
-    p = _Params()
+    p = _Params(dialect.of(conn))
     where = _where(conn, opts, p, now or datetime.now(UTC))
     if before is not None:
         where.append(f"(created_at, request_id) < ({p(before[0])}, {p(before[1])})")
@@ -555,25 +555,27 @@ def _sessions(where: list[str], p: _Params, opts: Options) -> str:
     """
     limit = opts.limit or DEFAULT_LIMIT["sessions"]
     end = "epoch_ms(created_at) + coalesce(latency_ms, 0)"
+    d = p.sql
     return f"""WITH {_rows_cte([*where, "session_id IS NOT NULL"])},
 s AS MATERIALIZED (
-    SELECT session_id, arg_max(session_name, created_at) AS session_name, count(*) AS calls,
+    SELECT session_id, {d.arg_max("session_name", "created_at")} AS session_name, count(*) AS calls,
            sum(cost_usd) AS cost_usd, min(created_at) AS first_seen, max(created_at) AS last_seen,
            max({end}) AS _end_ms
     FROM r GROUP BY session_id
     ORDER BY last_seen DESC, session_id LIMIT {p(limit)}
 ),
 _p AS (
-    SELECT session_id, regexp_extract_all(session_path, '[^/]+') AS _parts, count(*) AS calls,
+    SELECT session_id, {d.path_parts("session_path")} AS _parts, count(*) AS calls,
            sum(cost_usd) AS cost_usd, min(created_at) AS first_seen, max(created_at) AS last_seen,
            max({end}) AS _end_ms
     FROM r WHERE session_id IN (SELECT session_id FROM s) AND session_path IS NOT NULL
     GROUP BY session_id, session_path
 ),
 _n AS (
-    SELECT session_id, list_slice(_parts, 1, _i) AS _node, sum(calls) AS calls, sum(cost_usd) AS cost_usd,
-           min(first_seen) AS first_seen, max(last_seen) AS last_seen, max(_end_ms) AS _end_ms
-    FROM (SELECT *, unnest(generate_series(1, len(_parts))) AS _i FROM _p)
+    SELECT session_id, {d.prefix("_parts", "_i")} AS _node, CAST(sum(calls) AS BIGINT) AS calls,
+           sum(cost_usd) AS cost_usd, min(first_seen) AS first_seen, max(last_seen) AS last_seen,
+           max(_end_ms) AS _end_ms
+    FROM (SELECT *, {d.each_index("_parts")} AS _i FROM _p) AS _x
     GROUP BY session_id, _node
 ),
 _all AS (
@@ -581,8 +583,8 @@ _all AS (
            _end_ms, NULL AS _node
     FROM s
     UNION ALL
-    SELECT session_id, NULL, '/' || array_to_string(_node, '/'), len(_node), calls, cost_usd, first_seen,
-           last_seen, _end_ms, _node
+    SELECT session_id, NULL, '/' || array_to_string(_node, '/'), {d.length("_node")}, calls, cost_usd,
+           first_seen, last_seen, _end_ms, _node
     FROM _n
 )
 SELECT a.session_id, a.session_name, a.path, a.depth, a.calls, a.cost_usd,
