@@ -68,8 +68,9 @@ SCORES = [("r01", "accuracy", 90, "2025-06-04 00:00"), ("r01", "accuracy", 70, "
           ("r04", "is_safe", 1, "2025-06-04 00:00"), ("r11", "is_safe", 0, "2025-06-04 00:00")]  # fmt: skip
 
 
-def load(conn: duckdb.DuckDBPyConnection, latency_saved: bool = True) -> None:
-    marks = ", ".join("?" * len(DATA[0]))
+def load(conn: Any, latency_saved: bool = True, mark: str = "?") -> None:
+    """DATA, FEEDBACK and SCORES into a DuckDB connection (or, with mark="%s", a Postgres one)."""
+    marks = ", ".join([mark] * len(DATA[0]))
     for row in DATA:
         values = list(row)
         values[1] = datetime.fromisoformat(values[1]).replace(tzinfo=UTC)
@@ -81,9 +82,11 @@ def load(conn: duckdb.DuckDBPyConnection, latency_saved: bool = True) -> None:
             " WHERE h.cache_status = 'HIT' AND o.request_id = h.cache_reference_id"
         )
     for rid, rating, at in FEEDBACK:
-        conn.execute("INSERT INTO feedback VALUES (?, ?, ?)", [rid, rating, f"{at}+00"])
+        conn.execute(f"INSERT INTO feedback VALUES ({mark}, {mark}, {mark})", [rid, rating, f"{at}+00"])
     for rid, name, value, at in SCORES:
-        conn.execute("INSERT INTO scores VALUES (?, ?, ?, ?)", [rid, name, value, f"{at}+00"])
+        conn.execute(
+            f"INSERT INTO scores VALUES ({mark}, {mark}, {mark}, {mark})", [rid, name, value, f"{at}+00"]
+        )
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from llmtap.reports import catalog
 from llmtap.storage import postgres, query
 from llmtap.storage.migrations import migrate
 
-from .test_catalog import COLUMNS, DATA, FEEDBACK, SCORES, Out, load, run
+from .test_catalog import Out, load, run
 
 
 @pytest.fixture(scope="module")
@@ -35,19 +35,7 @@ def both(postgres_cluster, tmp_path_factory: pytest.TempPathFactory) -> tuple[st
         postgres.migrate(conn)
         with conn.transaction():
             conn.execute("CREATE TABLE requests_all PARTITION OF requests DEFAULT")
-            marks = ", ".join(["%s"] * len(DATA[0]))
-            for row in DATA:
-                values = list(row)
-                values[1] = datetime.fromisoformat(values[1]).replace(tzinfo=UTC)
-                conn.execute(f"INSERT INTO requests ({COLUMNS}) VALUES ({marks})", values)
-            conn.execute(
-                "UPDATE requests AS h SET latency_saved_ms = o.latency_ms FROM requests AS o"
-                " WHERE h.cache_status = 'HIT' AND o.request_id = h.cache_reference_id"
-            )
-            for rid, rating, at in FEEDBACK:
-                conn.execute("INSERT INTO feedback VALUES (%s, %s, %s)", [rid, rating, f"{at}+00"])
-            for rid, name, value, at in SCORES:
-                conn.execute("INSERT INTO scores VALUES (%s, %s, %s, %s)", [rid, name, value, f"{at}+00"])
+            load(conn, mark="%s")
     return str(path), url
 
 
