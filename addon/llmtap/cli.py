@@ -411,13 +411,14 @@ def _cache(args: argparse.Namespace) -> CacheStore | SyncCache:
     if args.redis:
         import redis
 
-        from llmtap.fleet.redisstate import SyncCache, safe_url
+        from llmtap.fleet.redisstate import SyncCache
+        from llmtap.policy.redact import redact_url
 
         cache = SyncCache(args.redis)
         try:
             cache.client.ping()
         except redis.RedisError as e:
-            raise query.QueryError(f"cannot reach Redis at {safe_url(args.redis)}: {e}") from e
+            raise query.QueryError(f"cannot reach Redis at {redact_url(args.redis)}: {e}") from e
         return cache
     path = args.cache
     if not Path(path).exists():

@@ -13,6 +13,7 @@ import duckdb
 import pytest
 
 from llmtap.accounting.record import COLUMNS, Capture, Feedback, PropertyUpdate, Score, to_row
+from llmtap.policy.redact import redact_url
 from llmtap.storage import postgres
 from llmtap.storage.query import QueryError, run
 from llmtap.storage.writer import Store, annotate_file
@@ -175,7 +176,7 @@ def test_llmtap_sql_reads_postgres(postgres_db: str) -> None:
 
 def test_a_password_never_shows_and_a_dead_server_is_a_clear_error() -> None:
     url = f"postgresql://llmtap:s3cret@127.0.0.1:{free_port()}/x"
-    assert postgres.safe_url(url) == f"postgresql://llmtap:***@{url.split('@')[1]}"
+    assert redact_url(url) == f"postgresql://llmtap:***@{url.split('@')[1]}"
     with pytest.raises(QueryError) as info:
         run(url, "SELECT 1")
     assert "s3cret" not in str(info.value) and "127.0.0.1" in str(info.value)

@@ -9,6 +9,7 @@ import pytest
 
 from llmtap.accounting.entry import Entry
 from llmtap.fleet import redisstate
+from llmtap.policy.redact import redact_url
 from tests.servers import RedisServer
 
 
@@ -139,4 +140,4 @@ def test_cache_stats_and_clear_by_seed(redis_server: RedisServer) -> None:
     ],
 )
 def test_logged_urls_hide_the_password(url: str, shown: str) -> None:
-    assert redisstate.safe_url(url) == shown
+    assert redact_url(url) == shown

@@ -18,6 +18,7 @@ from typing import Any
 from llmtap.accounting.record import Annotation, Capture, Feedback, PropertyUpdate, Score
 from llmtap.api import asynclog, httpserver
 from llmtap.api.live import LiveFeed
+from llmtap.policy.redact import redact_url
 from llmtap.storage import postgres, query
 from llmtap.ui import server as dashboard
 from llmtap.wire import helicone, providers
@@ -130,9 +131,7 @@ def _in_postgres(url: str, request_id: str, tries: int = 4, pause: float = 0.5) 
                 if attempt + 1 < tries:
                     time.sleep(pause)
     except Exception:
-        logger.warning(
-            f"llmtap: cannot look up request {request_id} in {postgres.safe_url(url)}", exc_info=True
-        )
+        logger.warning(f"llmtap: cannot look up request {request_id} in {redact_url(url)}", exc_info=True)
     return False
 
 

@@ -25,7 +25,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from decimal import Decimal
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from llmtap.accounting.entry import Entry
 
@@ -123,16 +122,6 @@ return free
 def client_options() -> dict[str, Any]:
     """Shared by the proxy's asyncio client and the CLI's: short timeouts, bytes in and out."""
     return {"socket_timeout": TIMEOUT, "socket_connect_timeout": TIMEOUT, "decode_responses": False}
-
-
-def safe_url(url: str) -> str:
-    """The URL without its password, for logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def bucket_key(limit_key: str) -> str:

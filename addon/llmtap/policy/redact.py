@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 REDACTED = "[REDACTED]"
 
@@ -42,6 +42,16 @@ def redact_headers(fields: Iterable[tuple[str, str]]) -> dict[str, str]:
         value = REDACTED if is_secret_header(name) else value
         out[name] = f"{out[name]}, {value}" if name in out else value
     return out
+
+
+def redact_url(url: str) -> str:
+    """A server URL (Redis, Postgres) to show in logs and errors: its password replaced by ***.
+    Anything without one (a file path, `unix:///...`) comes back as it is."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 def redact_path(path: str) -> str:

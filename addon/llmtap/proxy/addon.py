@@ -34,14 +34,13 @@ from llmtap.fleet import redisstate
 from llmtap.policy import ratelimit, retry, rules
 from llmtap.policy.cache_keys import Lookup
 from llmtap.policy.ratelimit import Limit
-from llmtap.policy.redact import redact_path
+from llmtap.policy.redact import redact_path, redact_url
 from llmtap.proxy import attempts, calls, reload, replies, upstream
 from llmtap.proxy.caching import ResponseCache
 from llmtap.proxy.calls import Call
 from llmtap.proxy.fleet import SharedState
 from llmtap.proxy.limits import RateLimits
 from llmtap.proxy.stream import StreamTee
-from llmtap.storage import postgres
 from llmtap.storage.writerproc import HANDOFF_BATCH, HANDOFF_SECONDS, WriterProcess
 from llmtap.wire import providers
 from llmtap.wire.helicone import HeaderError
@@ -114,8 +113,7 @@ class LLMTap:
             self._handoff = _background(self._handoff_loop, "llmtap handoff")
         if ctx.options.llmtap_api and self.api_server is None:
             _background(self._start_api, "llmtap api")
-        db = ctx.options.llmtap_db
-        logger.info(f"llmtap: logging LLM calls to {postgres.safe_url(db) if postgres.is_url(db) else db}")
+        logger.info(f"llmtap: logging LLM calls to {redact_url(ctx.options.llmtap_db)}")
 
     def done(self) -> None:
         gc.unfreeze()  # back to normal at exit (frozen objects are never collected, and say so)
@@ -137,7 +135,7 @@ class LLMTap:
         o = ctx.options
         if o.llmtap_redis:
             self.shared = self.limits.shared = SharedState(o.llmtap_redis)
-            where = redisstate.safe_url(o.llmtap_redis)
+            where = redact_url(o.llmtap_redis)
             logger.info(f"llmtap: rate limits and cache shared in Redis at {where}")
         # In a fleet the cache is Redis; the proxy saves into it itself (_save_shared).
         cached = not o.llmtap_redis and self.cache.open(

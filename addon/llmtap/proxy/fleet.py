@@ -22,6 +22,7 @@ from llmtap.accounting.entry import Entry
 from llmtap.fleet import redisstate
 from llmtap.fleet.redisstate import Decision
 from llmtap.policy.ratelimit import Limit
+from llmtap.policy.redact import redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ class SharedState:
             return None
         if self._down:
             self._down = False
-            where = redisstate.safe_url(self.url)
+            where = redact_url(self.url)
             logger.info(f"llmtap: Redis at {where} is back: limits and cache are shared again")
         return reply
 
@@ -86,7 +87,7 @@ class SharedState:
         self._retry_at = time.monotonic() + RETRY_SECONDS
         if not self._down:
             self._down = True
-            where = redisstate.safe_url(self.url)
+            where = redact_url(self.url)
             logger.warning(
                 f"llmtap: Redis at {where} failed ({type(e).__name__}: {e}); rate limits are "
                 "per-process and the cache misses until it is back"

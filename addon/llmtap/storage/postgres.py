@@ -22,7 +22,6 @@ import re
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from llmtap.accounting.record import COLUMNS, TYPES, Annotation, Feedback, PropertyUpdate, Score
 
@@ -38,16 +37,6 @@ _COPY = f"COPY {{table}} ({', '.join(COLUMNS)}) FROM STDIN"
 def is_url(target: object) -> bool:
     """A Postgres URL rather than a DuckDB file path."""
     return isinstance(target, str) and target.startswith(SCHEMES)
-
-
-def safe_url(url: str) -> str:
-    """The URL to show in logs and errors: never its password."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
 def connect(url: str, read_only: bool = False, timeout_ms: int | None = None) -> Any:

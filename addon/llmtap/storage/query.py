@@ -14,6 +14,7 @@ from typing import Any
 
 import duckdb
 
+from llmtap.policy.redact import redact_url
 from llmtap.storage import postgres
 from llmtap.storage.migrations import migrate, pending
 
@@ -74,7 +75,7 @@ def connect_postgres(url: str) -> Any:
         conn.rollback()  # the check's snapshot ends; the next statement starts a fresh one
         return conn
     except psycopg.Error as e:
-        raise QueryError(f"cannot open {postgres.safe_url(url)}: {str(e).strip()}") from e
+        raise QueryError(f"cannot open {redact_url(url)}: {str(e).strip()}") from e
 
 
 def run_postgres(url: str, sql: str, params: dict[str, Any] | None = None) -> tuple[list[str], list[tuple]]:
@@ -85,7 +86,7 @@ def run_postgres(url: str, sql: str, params: dict[str, Any] | None = None) -> tu
         with postgres.connect(url, read_only=True) as conn:
             return postgres.fetch(conn, sql, params)
     except psycopg.Error as e:
-        raise QueryError(f"{postgres.safe_url(url)}: {str(e).strip()}") from e
+        raise QueryError(f"{redact_url(url)}: {str(e).strip()}") from e
 
 
 def run_to_parquet(path: str | Path, sql: str, params: dict[str, Any] | None, out: str | Path) -> None:

@@ -48,6 +48,7 @@ from llmtap.accounting.record import (
     identity,
     to_row,
 )
+from llmtap.policy.redact import redact_url
 from llmtap.storage import postgres, rollup
 from llmtap.storage.cachestore import CacheStore
 from llmtap.storage.migrations import migrate
@@ -91,7 +92,6 @@ class Store:
         `on_converted` learns how many records were converted (their cache entries saved); `on_rows`
         sees the rows made from each batch (the Live page's tokens and cost)."""
         self.path = path
-        self.where = postgres.safe_url(path) if postgres.is_url(path) else path  # for messages
         self._postgres = postgres.PostgresSink(path) if postgres.is_url(path) else None
         self.cache = cache
         self.on_flush = on_flush
@@ -270,7 +270,7 @@ class Store:
                 self.on_flush(self.stats)
             self._warn(
                 "write",
-                f"llmtap: cannot write to {self.where} ({e}); {len(rows)} rows kept in memory, "
+                f"llmtap: cannot write to {redact_url(self.path)} ({e}); {len(rows)} rows kept in memory, "
                 "retrying. Traffic is not affected.",
             )
             return False
@@ -393,10 +393,10 @@ def _annotate_postgres(url: str, request_id: str, notes: list[Annotation]) -> No
         with postgres.connect(url) as conn:
             postgres.migrate(conn)
             if not postgres.has_request(conn, request_id):
-                raise QueryError(f"no request with id {request_id!r} in {postgres.safe_url(url)}")
+                raise QueryError(f"no request with id {request_id!r} in {redact_url(url)}")
             postgres.write_annotations(conn, notes)
     except psycopg.Error as e:
-        raise QueryError(f"cannot write to {postgres.safe_url(url)}: {str(e).strip()}") from e
+        raise QueryError(f"cannot write to {redact_url(url)}: {str(e).strip()}") from e
 
 
 def write_annotations(conn: duckdb.DuckDBPyConnection, notes: list[Annotation]) -> None:
