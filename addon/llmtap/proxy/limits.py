@@ -92,14 +92,12 @@ class RateLimits:
             return
 
         async def work() -> None:
-            owed = ratelimit.charges(limits, *await loop.run_in_executor(None, spent, c))
-            if not owed:
-                return
+            cents, tokens = await loop.run_in_executor(None, spent, c)
             shared = self.shared if c.rate_limit_store == "redis" else None
-            if shared is None or not await shared.charge([o[0] for o in owed], [o[1] for o in owed]):
-                with self.buckets.lock():
-                    for lim, amount in owed:
-                        self.buckets.take(lim.key, lim.policy, amount)
+            if shared is not None and (owed := ratelimit.charges(limits, cents, tokens)):
+                if await shared.charge([lim for lim, _ in owed], [amount for _, amount in owed]):
+                    return
+            ratelimit.charge(self.buckets, limits, cents, tokens)  # no Redis, or it failed
 
         pending = asyncio.ensure_future(work())
         self.charging.add(pending)
