@@ -80,7 +80,7 @@ def test_a_full_cache_bucket_is_a_hit_and_charges_no_limit(redis_server: RedisSe
     r = redis_server.client()
     slots = redisstate.slot_keys("s1", ["c1:abc/0", "c1:abc/1"])
     limit = ("llmtap:v1:rl:x", 1.0, 60, "request")
-    put = redisstate.put_args(slots, ENTRY, 60_000, None)
+    put = redisstate.put_args(slots, ENTRY, 60_000)
     assert run(r, redisstate.PUT, put) == 1
     half = decide(r, slots, 1, [limit])  # one slot of two: a miss, and the limit is charged
     assert half.hit is None and half.admitted
@@ -120,7 +120,7 @@ def test_cache_stats_and_clear_by_seed(redis_server: RedisServer) -> None:
     r = redis_server.client()
     for seed, base in (("s1", "c1:a"), ("s1", "c1:b"), ("s2", "c1:a")):
         slots = redisstate.slot_keys(seed, [f"{base}/0"])
-        run(r, redisstate.PUT, redisstate.put_args(slots, ENTRY, 60_000, None))
+        run(r, redisstate.PUT, redisstate.put_args(slots, ENTRY, 60_000))
     r.set("unrelated", "kept")
     cache = redisstate.SyncCache(redis_server.url)
     assert cache.stats() == {"entries": 3, "bytes": 3 * len(ENTRY.body), "hits": 0}

@@ -10,7 +10,7 @@ on the server, with the server's clock (`TIME`), so no proxy's clock or memory i
   bucket and deducts the `request` ones only if all admit the call (TensorZero's all-or-nothing
   `consume_tickets`, with Helicone's continuous refill), and returns the levels for the headers.
 - `charge`: a finished call's real cents / tokens off its buckets (which may go negative).
-- `put`: a response into the preferred free slot, else the first free one, fleet-wide.
+- `put`: a response into the first free slot, fleet-wide.
 
 Buckets are HASHes `{tokens, ts}` that expire after 2 windows + 60 s (a full bucket needs no
 state). Cache slots are HASHes of the entry's fields (`Entry`) that expire with their TTL; the
@@ -101,20 +101,16 @@ return #KEYS
 """
 )
 
-# KEYS: the bucket's slots. ARGV: preferred slot (1-based, 0 for none), ttl ms, then field, value...
-# Returns the slot filled (1-based), or 0 when every slot is already taken.
+# KEYS: the bucket's slots. ARGV: ttl ms, then field, value... Returns the slot filled (1-based),
+# or 0 when every slot is already taken.
 PUT = """
-local prefer, free = tonumber(ARGV[1]), nil
-if prefer > 0 and prefer <= #KEYS and redis.call('EXISTS', KEYS[prefer]) == 0 then
-  free = prefer
-else
-  for i = 1, #KEYS do
-    if redis.call('EXISTS', KEYS[i]) == 0 then free = i break end
-  end
+local free = nil
+for i = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 0 then free = i break end
 end
 if not free then return 0 end
-redis.call('HSET', KEYS[free], unpack(ARGV, 3))
-redis.call('PEXPIRE', KEYS[free], ARGV[2])
+redis.call('HSET', KEYS[free], unpack(ARGV, 2))
+redis.call('PEXPIRE', KEYS[free], ARGV[1])
 return free
 """
 
@@ -176,8 +172,8 @@ def charge_args(buckets: list[tuple[str, float, int, float]]) -> Args:
     return [b[0] for b in buckets], argv
 
 
-def put_args(slots: list[str], entry: Entry, ttl_ms: int, prefer: int | None) -> Args:
-    argv: list[Any] = [0 if prefer is None else prefer + 1, max(1, ttl_ms)]
+def put_args(slots: list[str], entry: Entry, ttl_ms: int) -> Args:
+    argv: list[Any] = [max(1, ttl_ms)]
     for name, value in entry_fields(entry).items():
         argv += [name, value]
     return slots, argv

@@ -64,7 +64,7 @@ class SharedState:
 
     async def put(self, slots: list[str], entry: Entry, ttl: float) -> int | None:
         """Save into the first free slot; the slot (0-based), or None when full or Redis is away."""
-        reply = await self._call(self._put, redisstate.put_args(slots, entry, int(ttl * 1000), None))
+        reply = await self._call(self._put, redisstate.put_args(slots, entry, int(ttl * 1000)))
         return int(reply) - 1 if reply else None
 
     async def _call(self, script: Any, args: redisstate.Args) -> Any:
