@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -152,6 +153,18 @@ class PropertyUpdate:
 
 
 Annotation = Feedback | Score | PropertyUpdate
+
+
+def annotation_rows(
+    notes: Iterable[Annotation],
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[str, str]]]:
+    """What annotations write, whatever the database: `feedback` rows, `scores` rows, and the
+    JSON patch (`{"key": value}`) and request id of each late property, in order."""
+    notes = list(notes)
+    feedback = [(n.request_id, n.rating, n.at) for n in notes if isinstance(n, Feedback)]
+    scores = [(n.request_id, n.name, n.value, n.at) for n in notes if isinstance(n, Score)]
+    patches = [(json.dumps({n.key: n.value}), n.request_id) for n in notes if isinstance(n, PropertyUpdate)]
+    return feedback, scores, patches
 
 
 def to_row(c: Capture) -> tuple[Any, ...]:

@@ -17,13 +17,12 @@ statement timeout; JSON columns come back as text, as DuckDB returns them.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from llmtap.accounting.record import COLUMNS, TYPES, Annotation, Feedback, PropertyUpdate, Score
+from llmtap.accounting.record import COLUMNS, TYPES, Annotation, annotation_rows
 
 SCHEMES = ("postgresql://", "postgres://")
 CONNECT_TIMEOUT = 3  # seconds: a down server must not hold a flush (or a shutdown) for long
@@ -270,20 +269,18 @@ def _clean(row: tuple[Any, ...]) -> tuple[Any, ...]:
 
 def write_annotations(conn: Any, notes: Sequence[Annotation]) -> None:
     """Feedback, scores and late properties, as writer.write_annotations does for DuckDB."""
-    feedback = [(n.request_id, n.rating, n.at) for n in notes if isinstance(n, Feedback)]
-    scores = [(n.request_id, n.name, n.value, n.at) for n in notes if isinstance(n, Score)]
+    feedback, scores, patches = annotation_rows(notes)
     with conn.cursor() as cur:
         if feedback:
             cur.executemany("INSERT INTO feedback VALUES (%s, %s, %s)", feedback)
         if scores:
             cur.executemany("INSERT INTO scores VALUES (%s, %s, %s, %s)", scores)
-        for n in notes:
-            if isinstance(n, PropertyUpdate):
-                cur.execute(
-                    "UPDATE requests SET properties = coalesce(properties, '{}'::jsonb) || %s::jsonb"
-                    " WHERE request_id = %s",
-                    [json.dumps({n.key: n.value}), n.request_id],
-                )
+        for patch in patches:
+            cur.execute(
+                "UPDATE requests SET properties = coalesce(properties, '{}'::jsonb) || %s::jsonb"
+                " WHERE request_id = %s",
+                list(patch),
+            )
 
 
 # -- readers --

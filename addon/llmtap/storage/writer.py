@@ -21,7 +21,6 @@ unavailable) and the calls in flight at that moment.
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
@@ -40,9 +39,7 @@ from llmtap.accounting.record import (
     TYPES,
     Annotation,
     Capture,
-    Feedback,
-    PropertyUpdate,
-    Score,
+    annotation_rows,
     as_row,
     entry_for,
     identity,
@@ -401,19 +398,17 @@ def _annotate_postgres(url: str, request_id: str, notes: list[Annotation]) -> No
 
 def write_annotations(conn: duckdb.DuckDBPyConnection, notes: list[Annotation]) -> None:
     """Feedback, scores and late properties (in a flush: in its transaction, after the rows)."""
-    feedback = [(n.request_id, n.rating, n.at) for n in notes if isinstance(n, Feedback)]
-    scores = [(n.request_id, n.name, n.value, n.at) for n in notes if isinstance(n, Score)]
+    feedback, scores, patches = annotation_rows(notes)
     if feedback:
         conn.executemany("INSERT INTO feedback VALUES (?, ?, ?)", feedback)
     if scores:
         conn.executemany("INSERT INTO scores VALUES (?, ?, ?, ?)", scores)
-    for n in notes:
-        if isinstance(n, PropertyUpdate):
-            conn.execute(
-                "UPDATE requests SET properties = json_merge_patch(coalesce(properties, '{}'), ?::JSON)"
-                " WHERE request_id = ?",
-                [json.dumps({n.key: n.value}), n.request_id],
-            )
+    for patch in patches:
+        conn.execute(
+            "UPDATE requests SET properties = json_merge_patch(coalesce(properties, '{}'), ?::JSON)"
+            " WHERE request_id = ?",
+            list(patch),
+        )
 
 
 def _bare_row(c: Capture, error: str) -> tuple[Any, ...]:
