@@ -50,9 +50,7 @@ def connect(path: str | Path, wait: float = 15.0, external_access: bool = True) 
 
 
 def run(path: str | Path, sql: str, params: dict[str, Any] | None = None) -> tuple[list[str], list[tuple]]:
-    """Columns and rows of one SQL statement against the database, read-only."""
-    if postgres.is_url(path):
-        return run_postgres(str(path), sql, params)
+    """Columns and rows of one SQL statement against the database (a file or Postgres), read-only."""
     conn = connect(path)
     try:
         return fetch(conn, sql, params)
@@ -76,17 +74,6 @@ def connect_postgres(url: str) -> Any:
         return conn
     except psycopg.Error as e:
         raise QueryError(f"cannot open {redact_url(url)}: {str(e).strip()}") from e
-
-
-def run_postgres(url: str, sql: str, params: dict[str, Any] | None = None) -> tuple[list[str], list[tuple]]:
-    """`run` over a fleet's Postgres log: a read-only transaction, errors as QueryError."""
-    import psycopg
-
-    try:
-        with postgres.connect(url, read_only=True) as conn:
-            return postgres.fetch(conn, sql, params)
-    except psycopg.Error as e:
-        raise QueryError(f"{redact_url(url)}: {str(e).strip()}") from e
 
 
 def run_to_parquet(path: str | Path, sql: str, params: dict[str, Any] | None, out: str | Path) -> None:
