@@ -83,25 +83,11 @@ async def sequential(port: int, n: int) -> Samples:
     return out
 
 
-async def concurrent(port: int, clients: int, seconds: float) -> Samples:
-    out = Samples()
-    request = make_request(port, POLICY)
-    deadline = time.perf_counter() + seconds
-
-    async def one() -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            while time.perf_counter() < deadline:
-                status, _, latency = await call(reader, writer, request)
-                out.errors += status != 200
-                out.latencies.append(latency)
-        finally:
-            writer.close()
-
-    start = time.perf_counter()
-    await asyncio.gather(*(one() for _ in range(clients)))
-    out.elapsed = time.perf_counter() - start
-    return out
+def policy_client(port: int) -> bk.Client:
+    """benchkit's load client, every call carrying the never-limiting policy."""
+    client = bk.Client(port)
+    client.json_request = make_request(port, POLICY)
+    return client
 
 
 def redis_path(
@@ -149,7 +135,7 @@ def workers(
         order = [("one", one), ("two", two)][:: 1 if r % 2 == 0 else -1]
         got = {}
         for name, proc in order:
-            s = asyncio.run(concurrent(proc.port, bk.CLIENTS, seconds))
+            s = asyncio.run(policy_client(proc.port).load(bk.CLIENTS, seconds=seconds))
             assert s.errors == 0, f"{name}: {s.errors} bad answers"
             got[name] = len(s.latencies) / s.elapsed
             rps[name].append(got[name])
