@@ -21,10 +21,12 @@ from llmtap.policy.values import CachePolicy
 from llmtap.proxy import addon as addon_module
 from llmtap.proxy import limits as limits_module
 from llmtap.proxy.addon import LLMTap
+from llmtap.proxy.fleet import SharedState
 from llmtap.proxy.fresh import FreshEntries
 from llmtap.proxy.stream import StreamTee
 from llmtap.storage.cachestore import CacheStore, Entry
 from llmtap.wire import helicone, providers
+from tests.servers import RedisServer
 
 from . import samples
 
@@ -869,6 +871,45 @@ def test_the_next_call_waits_for_the_last_ones_charge(limited: Tap, monkeypatch:
 
     second = asyncio.run(two_calls())
     assert second.response is not None and second.response.status_code == 429
+
+
+def test_in_a_fleet_the_response_completes_after_its_redis_charge(
+    tap: Tap, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client's next call may go to another proxy, which reads the bucket in Redis: the charge
+    must be there when this response completes, however long pricing takes (CI saw a third call
+    admitted on a third proxy when the charge was left to land later)."""
+    a = tap[0]
+    a.shared = a.limits.shared = SharedState(redis_server.url)  # what the writer's start sets up
+    slow_spent = limits_module.spent
+
+    def slow(c: Capture) -> tuple[float | None, int | None]:
+        import time
+
+        time.sleep(0.2)
+        return slow_spent(c)
+
+    monkeypatch.setattr(limits_module, "spent", slow)
+
+    async def one_call() -> None:
+        f = request(extra=(("Helicone-RateLimit-Policy", "1000;w=60;u=tokens"),))
+        a.requestheaders(f)
+        work = a.request(f)
+        assert inspect.iscoroutine(work), "asks Redis"
+        await work
+        assert f.response is None
+        f.response = respond()  # usage: 1200 + 300 tokens
+        a.responseheaders(f)
+        finish = a.response(f)
+        assert inspect.iscoroutine(finish), "the response waits for the charge"
+        await finish
+        assert not a.limits.charging
+        await a.shared.close()
+
+    asyncio.run(one_call())
+    r = redis_server.client()
+    [key] = r.keys("llmtap:v1:rl:*")
+    assert float(r.hget(key, "tokens")) == -500.0, "a full bucket of 1000, charged 1500"
 
 
 def test_a_rule_limit_without_its_segment_is_one_shared_bucket(limited: Tap, tmp_path: Path) -> None:

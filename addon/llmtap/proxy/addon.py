@@ -415,21 +415,35 @@ class LLMTap:
 
     def _finish(self, flow: http.HTTPFlow, call: Call, error: str | None) -> Coroutine[Any, Any, None] | None:
         """Close the capture and hand it over: to the writer, to the rate limits, to the cache (in a
-        fleet, a coroutine that saves it in Redis before the response completes)."""
+        fleet, a coroutine that saves it in Redis and lands its cents / tokens charge there before
+        the response completes)."""
         c = calls.close_capture(flow, call, error)
         self.service.remember(c.meta.request_id)
         self.live.publish(c, "done")
-        self.limits.charge_later(call)
+        charging = self.limits.charge_later(call)
         if self.shared is not None:
             if self.store is not None:
                 self.store.submit(c)
-            return self._save_shared(c) if c.cacheable and self.shared.available else None
+            save = self._save_shared(c) if c.cacheable and self.shared.available else None
+            if charging is not None and c.rate_limit_store == "redis":
+                return self._charged_then(charging, save)
+            return save
         if self.store is None:
             return None
         slot = self.cache.claim(c)  # before the hand-off: the capture carries its slot to the writer
         if self.store.submit(c) and slot is not None:
             self.cache.hold(slot, c, self.store.queued)
         return None
+
+    async def _charged_then(
+        self, charging: asyncio.Future[None], save: Coroutine[Any, Any, None] | None
+    ) -> None:
+        """Let the fleet's charge land before the response completes: the client's next call may
+        reach another proxy, which must find the bucket charged. A failed charge is logged by
+        limits.py and never fails this response."""
+        await asyncio.wait([charging])
+        if save is not None:
+            await save
 
     async def _save_shared(self, c: Capture) -> None:
         """Price the response off the loop and save it in the fleet's cache, TTL from its arrival."""

@@ -5,7 +5,9 @@ is the part that touches flows.
 `request` buckets are charged before the call; `cents` / `tokens` ones after it, with its real
 usage, priced in a worker thread (pricing a call takes ~0.3 ms: not on the event loop). A call
 that arrives while such a charge is still being priced waits for it (`settled`), so a script's next
-call is admitted against the charged bucket; the event loop never blocks.
+call is admitted against the charged bucket; the event loop never blocks. In a fleet the next
+call may reach another proxy, so there the response hook awaits the Redis charge before the
+response completes (the client's next call, anywhere, sees the bucket charged).
 """
 
 from __future__ import annotations
@@ -80,16 +82,17 @@ class RateLimits:
         flow.response.headers.update(call.rate_headers)
         return True
 
-    def charge_later(self, call: Call) -> None:
-        """Charge a successful call's cents / tokens buckets with its real usage, off the loop."""
+    def charge_later(self, call: Call) -> asyncio.Future[None] | None:
+        """Charge a successful call's cents / tokens buckets with its real usage, off the loop; the
+        charge being made, or None when there is none (or it was made at once)."""
         c, limits = call.capture, call.charge
         if not limits or c is None or c.status is None or not 200 <= c.status < 300:
-            return
+            return None
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no loop (unit tests): do it now
             ratelimit.charge(self.buckets, limits, *spent(c))
-            return
+            return None
 
         async def work() -> None:
             cents, tokens = await loop.run_in_executor(None, spent, c)
@@ -102,6 +105,7 @@ class RateLimits:
         pending = asyncio.ensure_future(work())
         self.charging.add(pending)
         pending.add_done_callback(self._charged)
+        return pending
 
     async def settled(self) -> None:
         """Wait for the charges being priced (sub-millisecond; other connections keep flowing)."""
