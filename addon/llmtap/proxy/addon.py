@@ -425,7 +425,7 @@ class LLMTap:
             if self.store is not None:
                 self.store.submit(c)
             save = self._save_shared(c) if c.cacheable and self.shared.available else None
-            if charging is not None and c.rate_limit_store == "redis":
+            if charging is not None:
                 return self._charged_then(charging, save)
             return save
         if self.store is None:

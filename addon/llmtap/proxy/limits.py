@@ -83,8 +83,8 @@ class RateLimits:
         return True
 
     def charge_later(self, call: Call) -> asyncio.Future[None] | None:
-        """Charge a successful call's cents / tokens buckets with its real usage, off the loop; the
-        charge being made, or None when there is none (or it was made at once)."""
+        """Charge a successful call's cents / tokens buckets with its real usage, off the loop. Returns
+        the charge when it goes to the fleet's Redis (the response must wait for it), else None."""
         c, limits = call.capture, call.charge
         if not limits or c is None or c.status is None or not 200 <= c.status < 300:
             return None
@@ -94,9 +94,10 @@ class RateLimits:
             ratelimit.charge(self.buckets, limits, *spent(c))
             return None
 
+        shared = self.shared if c.rate_limit_store == "redis" else None
+
         async def work() -> None:
             cents, tokens = await loop.run_in_executor(None, spent, c)
-            shared = self.shared if c.rate_limit_store == "redis" else None
             if shared is not None and (owed := ratelimit.charges(limits, cents, tokens)):
                 if await shared.charge([lim for lim, _ in owed], [amount for _, amount in owed]):
                     return
@@ -105,7 +106,7 @@ class RateLimits:
         pending = asyncio.ensure_future(work())
         self.charging.add(pending)
         pending.add_done_callback(self._charged)
-        return pending
+        return pending if shared is not None else None
 
     async def settled(self) -> None:
         """Wait for the charges being priced (sub-millisecond; other connections keep flowing)."""
