@@ -136,8 +136,12 @@ def _parser() -> argparse.ArgumentParser:
     score.set_defaults(func=cmd_score)
     prop.set_defaults(func=cmd_property)
 
-    ui = sub.add_parser("ui", help="serve the dashboard over a database file, read-only (no proxy needed)")
-    ui.add_argument("--db", default=DEFAULT_DB, help="DuckDB file (default: %(default)s; env LLMTAP_DB)")
+    ui = sub.add_parser("ui", help="serve the dashboard over a database, read-only (no proxy needed)")
+    ui.add_argument(
+        "--db",
+        default=DEFAULT_DB,
+        help="DuckDB file or postgresql:// URL (default: %(default)s; env LLMTAP_DB)",
+    )
     ui.add_argument("--port", type=int, default=8789, help="loopback port (default: %(default)s; 0: free)")
     ui.add_argument("--open", action="store_true", help="open it in the default browser")
     ui.set_defaults(func=cmd_ui)
@@ -309,11 +313,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     from llmtap.storage import postgres
     from llmtap.ui import standalone
 
-    if postgres.is_url(args.db):
-        raise query.QueryError(
-            "the dashboard reads DuckDB files only, for now (reports and sql read Postgres)"
-        )
-    return standalone.serve(Path(args.db), args.port, args.open)
+    return standalone.serve(args.db if postgres.is_url(args.db) else Path(args.db), args.port, args.open)
 
 
 def cmd_sql(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, time
 from decimal import Decimal as D
 from pathlib import Path
@@ -171,14 +172,20 @@ def test_served_by_a_running_proxy(db: Path, tmp_path: Path, start_proxy: Callab
 
 
 def test_llmtap_ui_command(db: Path) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "llmtap.cli", "ui", "--db", str(db), "--port", "0"],
+    with llmtap_ui(str(db)) as where:
+        assert overview(where, f"{RANGE}&tz=UTC")["cards"]["calls"] == 12
+
+
+@contextmanager
+def llmtap_ui(db: str) -> Iterator[str]:
+    """`llmtap ui --db DB --port 0` as a user starts it: host:port from the line it prints."""
+    proc = subprocess.Popen([sys.executable, "-m", "llmtap.cli", "ui", "--db", db, "--port", "0"],
                             stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         assert line.startswith("llmtap dashboard at http://127.0.0.1:") and f"read-only over {db}" in line
-        where = line.split("http://", 1)[1].split("/", 1)[0]
-        assert overview(where, f"{RANGE}&tz=UTC")["cards"]["calls"] == 12
+        yield line.split("http://", 1)[1].split("/", 1)[0]
     finally:
         proc.terminate()
         proc.wait(10)

@@ -57,11 +57,10 @@ class Service:
                 return httpserver.Reply(421, {"error": {"message": dashboard.HOST_ERROR, "status": 421}})
             sse = {**dashboard.SECURITY, "content-type": "text/event-stream", "cache-control": "no-cache"}
             return httpserver.Reply(200, self.live.stream(), sse)
-        if dashboard.is_dashboard(method, path) and postgres.is_url(self.db_path()):
-            message = "the dashboard reads DuckDB files only, for now: this proxy logs to Postgres"
-            return httpserver.Reply(501, {"error": {"message": message, "status": 501}})
         if dashboard.is_dashboard(method, path):  # its queries block: a worker thread, off the loop
-            page = await asyncio.to_thread(dashboard.handle, method, path, headers, Path(self.db_path()))
+            db = self.db_path()
+            target = db if postgres.is_url(db) else Path(db)
+            page = await asyncio.to_thread(dashboard.handle, method, path, headers, target)
             return httpserver.Reply(page.status, page.body, page.all_headers())
         name, detail = httpserver.route(method, path)  # detail: the request id, or the log's route
         if name == "health":  # pending: records handed to the writer, not yet in the file

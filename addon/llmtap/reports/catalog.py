@@ -290,7 +290,9 @@ def _resolve(conn: duckdb.DuckDBPyConnection, when: When, now: datetime, end: bo
     return rows[0][0]
 
 
-def _rows_cte(where: Sequence[str], sample_pct: float | None = None) -> str:
+def _rows_cte(
+    where: Sequence[str], sample_pct: float | None = None, sql: dialect.Dialect = dialect.DUCKDB
+) -> str:
     """`r`: the filtered rows, inlined wherever used (DuckDB then reads only the columns needed).
 
     `sample_pct` keeps that share of the rows, picked by a hash of created_at rather than at
@@ -300,7 +302,7 @@ def _rows_cte(where: Sequence[str], sample_pct: float | None = None) -> str:
     if sample_pct is not None:
         if not 0 < sample_pct <= 100:
             raise ReportError(f"sample must be a percentage above 0 and at most 100, got {sample_pct}")
-        conds.append(f"hash(epoch_us(created_at)) % 1000000 < {round(sample_pct * 10_000)}")
+        conds.append(f"{sql.sample('epoch_us(created_at)')} < {round(sample_pct * 10_000)}")
     cond = " AND ".join(conds) or "true"
     return (
         f"r AS NOT MATERIALIZED (SELECT *, epoch_us(created_at) // {_BUCKET_US} AS _qb"
@@ -411,7 +413,7 @@ def _grouped(
     ordering = [f"{_ident(t)} ASC" for t in g.time] + [order]
     ordering += [f"{_ident(n)} ASC NULLS LAST" for _, n in keys if n not in g.time]
     limit = f"\nLIMIT {p(opts.limit)}" if opts.limit else ""
-    with_ = ",\n".join([_rows_cte(where, opts.sample_pct), *g.ctes, body])
+    with_ = ",\n".join([_rows_cte(where, opts.sample_pct, p.sql), *g.ctes, body])
     return f"WITH {with_}\nSELECT {', '.join(shown)}\nFROM _g\nORDER BY {', '.join(ordering)}{limit}"
 
 

@@ -48,13 +48,23 @@ class Dialect:
         return f"{parts}[1:{n}]" if self.postgres else f"list_slice({parts}, 1, {n})"
 
     def length(self, parts: str) -> str:
-        return f"cardinality({parts})" if self.postgres else f"len({parts})"
+        return f"CAST(cardinality({parts}) AS BIGINT)" if self.postgres else f"len({parts})"  # as DuckDB's
 
     def each_index(self, parts: str) -> str:
         """One row per position 1..length of a list (a set-returning select item)."""
         if self.postgres:
             return f"generate_series(1, cardinality({parts}))"
         return f"unnest(generate_series(1, len({parts})))"
+
+    def object_keys(self, expr: str) -> str:
+        """One row per key of a JSON object (a set-returning select item)."""
+        return f"jsonb_object_keys({expr})" if self.postgres else f"unnest(json_keys({expr}))"
+
+    def sample(self, expr: str) -> str:
+        """A stable hash of a BIGINT, from 0 to 999,999: the same rows are kept on every read."""
+        if self.postgres:
+            return f"(hashint8extended({expr}, 0) & 9223372036854775807) % 1000000"
+        return f"hash({expr}) % 1000000"
 
 
 DUCKDB = Dialect("duckdb")

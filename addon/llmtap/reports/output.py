@@ -1,7 +1,7 @@
 """Query results as aligned tables, CSV or JSON (the formats every CLI command shares).
 
-Parquet, the fourth export format, is written by DuckDB itself (`query.to_parquet`), so its
-types stay exact; it always goes to a file.
+Parquet, the fourth export format, is written by DuckDB itself (`query.to_parquet`, also for a
+Postgres log's rows), so its types stay exact; it always goes to a file.
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@ reports over the calls (tests compare them), read from ~100k rollup rows instead
 The rollup holds whole 15-minute buckets; the partial ones at the range's edges are read from the
 calls. Used only where the rollup can answer: filters on time, provider and model, buckets of an
 hour or a day, and for the cost chart a stack by model or provider. Anything else, a file without
-the rollup, or a rollup whose call count differs from the calls' in the range (rows written by
-hand), returns None and the caller runs the reports over the calls.
+the rollup, a fleet's Postgres log (it has none), or a rollup whose call count differs from the
+calls' in the range (rows written by hand), returns None and the caller runs the reports over the
+calls.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 
 import duckdb
 
-from llmtap.reports import catalog
+from llmtap.reports import catalog, dialect
 from llmtap.storage import query
 from llmtap.storage import rollup as table
 
@@ -45,7 +46,7 @@ def overview(
 ) -> Overview | None:
     """The three results (cost None for a stack other than STACKS), or None where the calls must be
     read instead."""
-    if not usable(opts, bucket):
+    if not usable(opts, bucket) or dialect.of(conn).postgres:  # a fleet's log has no rollup (yet)
         return None
     catalog._set_timezone(conn, opts.tz)
     since = catalog._resolve(conn, opts.since, now, end=False) if opts.since else None

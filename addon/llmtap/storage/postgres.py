@@ -121,6 +121,97 @@ MIGRATIONS: list[tuple[str, str]] = [
             FROM scores ORDER BY request_id, name, created_at DESC;
         """,
     ),
+    (
+        # The DuckDB file's other views (migrations.py: m005, and cache_savings as m006 redefined
+        # it), with the same names, columns and values, so `llmtap sql` reads them on either log.
+        # Days are UTC dates; integer sums are cast back to bigint (Postgres sums them as numeric);
+        # hit_pct divides as double precision, as DuckDB's `/` does; session_name is DuckDB's
+        # arg_max, as reports/dialect.py writes it. The one difference: request_scores.scores is a
+        # jsonb object, `(scores->>'accuracy')::bigint`, where DuckDB has a MAP, `scores['accuracy']`
+        # (jsonb orders its keys its own way; DuckDB's map is ordered by name).
+        "p003_views",
+        """
+        CREATE VIEW daily_cost_by_model AS
+            SELECT (created_at AT TIME ZONE 'UTC')::date AS day, provider, model,
+                   count(*) AS calls,
+                   sum(input_tokens)::bigint AS input_tokens,
+                   sum(output_tokens)::bigint AS output_tokens,
+                   sum(cost_usd) AS cost_usd,
+                   count(*) FILTER (WHERE cost_usd IS NULL) AS unpriced,
+                   sum(cost_saved_usd) AS cost_saved_usd,
+                   count(*) FILTER (WHERE status >= 400 OR error IS NOT NULL) AS errors
+            FROM requests
+            GROUP BY 1, 2, 3;
+        CREATE VIEW cost_by_user AS
+            SELECT user_id,
+                   count(*) AS calls,
+                   sum(input_tokens)::bigint AS input_tokens,
+                   sum(output_tokens)::bigint AS output_tokens,
+                   sum(cost_usd) AS cost_usd,
+                   count(*) FILTER (WHERE cost_usd IS NULL) AS unpriced,
+                   sum(cost_saved_usd) AS cost_saved_usd,
+                   min(created_at) AS first_seen,
+                   max(created_at) AS last_seen
+            FROM requests
+            GROUP BY user_id;
+        CREATE VIEW cache_savings AS
+            SELECT (created_at AT TIME ZONE 'UTC')::date AS day, provider, model,
+                   count(*) AS lookups,
+                   count(*) FILTER (WHERE cache_status = 'HIT') AS hits,
+                   count(*) FILTER (WHERE cache_status = 'MISS') AS misses,
+                   round(100 * count(*) FILTER (WHERE cache_status = 'HIT') / count(*)::double precision, 1)
+                       AS hit_pct,
+                   sum(cost_saved_usd) AS cost_saved_usd,
+                   sum(latency_saved_ms) AS latency_saved_ms
+            FROM requests
+            WHERE cache_status IS NOT NULL
+            GROUP BY 1, 2, 3;
+        CREATE VIEW session_summary AS
+            SELECT session_id,
+                   (array_agg(session_name ORDER BY created_at DESC)
+                       FILTER (WHERE session_name IS NOT NULL AND created_at IS NOT NULL))[1] AS session_name,
+                   count(*) AS calls,
+                   count(DISTINCT session_path) AS paths,
+                   sum(input_tokens)::bigint AS input_tokens,
+                   sum(output_tokens)::bigint AS output_tokens,
+                   sum(cost_usd) AS cost_usd,
+                   count(*) FILTER (WHERE status >= 400 OR error IS NOT NULL) AS errors,
+                   min(created_at) AS first_seen,
+                   max(created_at) AS last_seen,
+                   (max(epoch_ms(created_at) + coalesce(latency_ms, 0))
+                       - min(epoch_ms(created_at)))::double precision / 1000 AS duration_s
+            FROM requests
+            WHERE session_id IS NOT NULL
+            GROUP BY session_id;
+        -- scores: a jsonb object name -> value, (scores->>'accuracy')::bigint; a MAP in DuckDB.
+        CREATE VIEW request_scores AS
+            SELECT r.request_id, r.created_at, r.provider, r.model, r.user_id, r.session_id,
+                   r.session_path, r.properties, r.status, r.cost_usd, f.rating, s.scores
+            FROM requests AS r
+            LEFT JOIN latest_feedback AS f ON f.request_id = r.request_id
+            LEFT JOIN (
+                SELECT request_id, jsonb_object_agg(name, value) AS scores
+                FROM latest_scores
+                GROUP BY request_id
+            ) AS s ON s.request_id = r.request_id;
+        COMMENT ON VIEW latest_feedback IS
+            'The rating that counts for each rated call: its latest feedback.';
+        COMMENT ON VIEW latest_scores IS
+            'The value that counts for each (call, score name): its latest score.';
+        COMMENT ON VIEW daily_cost_by_model IS 'Calls, tokens and cost per UTC day, provider and model.';
+        COMMENT ON VIEW cost_by_user IS
+            'Calls, tokens and cost per user (user_id NULL: calls without a user).';
+        COMMENT ON VIEW cache_savings IS
+            'Response-cache lookups per UTC day, provider and model: hits, misses and what the hits'
+            ' saved (the originals'' cost and latency).';
+        COMMENT ON VIEW session_summary IS 'One row per session: calls, tokens, cost, errors and timing.';
+        COMMENT ON VIEW request_scores IS
+            'Every call with its latest rating and its latest scores (a jsonb object name -> value,'
+            ' e.g. (scores->>''accuracy'')::bigint; a map in a DuckDB file).';
+        COMMENT ON COLUMN request_scores.scores IS
+            'The latest value of each score name (NULL: not scored), e.g. (scores->>''accuracy'')::bigint.';
+        """,
+    ),
 ]
 
 
@@ -288,11 +379,16 @@ def write_annotations(conn: Any, notes: Sequence[Annotation]) -> None:
 _PARAM = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
 
 
-def fetch(conn: Any, sql: str, params: dict[str, Any] | None = None) -> tuple[list[str], list[tuple]]:
-    """Columns and rows of one statement; `$name` parameters, as DuckDB writes them."""
+def execute(conn: Any, sql: str, params: dict[str, Any] | None = None) -> Any:
+    """The cursor of one statement; `$name` parameters, as DuckDB writes them."""
     if params:
         sql = _PARAM.sub(lambda m: f"%({m.group(1)})s", sql.replace("%", "%%"))
-    cur = conn.execute(sql, params or None)
+    return conn.execute(sql, params or None)
+
+
+def fetch(conn: Any, sql: str, params: dict[str, Any] | None = None) -> tuple[list[str], list[tuple]]:
+    """Columns and rows of one statement."""
+    cur = execute(conn, sql, params)
     if cur.description is None:  # SET and the like
         return [], []
     return [d.name for d in cur.description], cur.fetchall()
@@ -300,6 +396,18 @@ def fetch(conn: Any, sql: str, params: dict[str, Any] | None = None) -> tuple[li
 
 def is_connection(conn: object) -> bool:
     return type(conn).__module__.startswith("psycopg")
+
+
+def touches_files(conn: Any) -> str | None:
+    """The session's role when it may reach the server's files or programs: a superuser, or a
+    member of a superuser role or of pg_read_server_files and its kin; else None. Such a role can
+    switch to those from inside a query (`set_config('role', ...)`): no wrapper confines its SQL."""
+    row = conn.execute(
+        "SELECT session_user FROM pg_roles AS r WHERE (r.rolsuper OR r.rolname IN"
+        " ('pg_read_server_files', 'pg_write_server_files', 'pg_execute_server_program'))"
+        " AND pg_has_role(session_user, r.oid, 'MEMBER') LIMIT 1"
+    ).fetchone()
+    return row[0] if row is not None else None
 
 
 def has_request(conn: Any, request_id: str) -> bool:

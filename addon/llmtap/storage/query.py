@@ -49,6 +49,11 @@ def connect(path: str | Path, wait: float = 15.0, external_access: bool = True) 
             time.sleep(0.05)
 
 
+def shown(target: str | Path) -> str:
+    """A database as it may be printed: a file's path, or a Postgres URL without its password."""
+    return redact_url(str(target))
+
+
 def run(path: str | Path, sql: str, params: dict[str, Any] | None = None) -> tuple[list[str], list[tuple]]:
     """Columns and rows of one SQL statement against the database (a file or Postgres), read-only."""
     conn = connect(path)
@@ -135,10 +140,64 @@ def to_parquet(
 ) -> None:
     """`COPY (query) TO out (FORMAT parquet)`: DuckDB writes the file, with the query's exact types."""
     if postgres.is_connection(conn):
-        raise QueryError("Parquet export reads DuckDB files only, for now: use --format csv or json")
+        return _postgres_to_parquet(conn, sql, params, out)
     body = sql.strip().rstrip(";").strip()
     target = str(out).replace("'", "''")  # a string literal: COPY takes no parameter for its target
     try:
         conn.execute(f"COPY ({body}) TO '{target}' (FORMAT parquet)", params or None)
     except duckdb.Error as e:
         raise QueryError(f"cannot write {out} as Parquet: {e}") from e
+
+
+# Postgres type OIDs (pg_type) as DuckDB types; anything else is written as its text.
+_DUCKDB_TYPES = {16: "BOOLEAN", 20: "BIGINT", 21: "SMALLINT", 23: "INTEGER", 700: "FLOAT", 701: "DOUBLE",
+                 25: "VARCHAR", 1043: "VARCHAR", 114: "JSON", 3802: "JSON", 1082: "DATE",
+                 1114: "TIMESTAMP", 1184: "TIMESTAMPTZ", 1009: "VARCHAR[]", 1016: "BIGINT[]"}  # fmt: skip
+_NUMERIC = 1700
+
+
+def _postgres_to_parquet(conn: Any, sql: str, params: dict[str, Any] | None, out: str | Path) -> None:
+    """A fleet's log has no Parquet writer of its own: the rows go through an in-memory DuckDB table
+    of the matching types (money stays DECIMAL), which DuckDB then writes as from a file."""
+    import psycopg
+
+    try:
+        cur = postgres.execute(conn, sql, params)
+        columns = [(d.name, _duckdb_type(d)) for d in cur.description or []]
+        with duckdb.connect() as mem:
+            mem.execute("SET TimeZone = 'UTC'")
+            mem.execute(f"CREATE TABLE t ({', '.join(f'{_quoted(n)} {kind}' for n, kind in columns)})")
+            appender = mem.appender("t")
+            texts = [k for k, (_, kind) in enumerate(columns) if kind == "VARCHAR"]
+            while rows := cur.fetchmany(5000):
+                if texts:  # a type with no DuckDB twin (an interval, an array of another kind)
+                    rows = [_text_at(row, texts) for row in rows]
+                appender.append_rows(rows)
+                appender.flush()
+            target = str(out).replace("'", "''")
+            mem.execute(f"COPY t TO '{target}' (FORMAT parquet)")
+    except psycopg.Error as e:
+        conn.rollback()
+        raise QueryError(str(e).strip()) from e
+    except duckdb.Error as e:
+        raise QueryError(f"cannot write {out} as Parquet: {e}") from e
+
+
+def _duckdb_type(column: Any) -> str:
+    if column.type_code == _NUMERIC:  # a sum of numeric(18, 9) has no declared precision: DuckDB's
+        if column.precision is not None and column.scale is not None:  # sum is DECIMAL(38, 9)
+            return f"DECIMAL({column.precision}, {column.scale})"
+        return "DECIMAL(38, 9)"
+    return _DUCKDB_TYPES.get(column.type_code, "VARCHAR")
+
+
+def _text_at(row: tuple, columns: list[int]) -> tuple:
+    values = list(row)
+    for k in columns:
+        if values[k] is not None and not isinstance(values[k], str):
+            values[k] = str(values[k])
+    return tuple(values)
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'

@@ -69,7 +69,7 @@ def host_ok(headers: dict[str, str]) -> bool:
 
 
 def handle(
-    method: str, target: str, headers: dict[str, str], db: Path, now: datetime | None = None
+    method: str, target: str, headers: dict[str, str], db: views.Target, now: datetime | None = None
 ) -> Response:
     path, _, qs = target.partition("?")
     if not host_ok(headers) and not headers.get("x-llmtap-authorized"):
@@ -92,7 +92,7 @@ def handle(
     return _error(404, f"no page {path}")
 
 
-def _view(name: str, params: dict[str, list[str]], db: Path, now: datetime | None) -> Response:
+def _view(name: str, params: dict[str, list[str]], db: views.Target, now: datetime | None) -> Response:
     try:
         if m := re.fullmatch(r"request/([^/]+)", name):
             return _json(200, views.request(db, unquote(m[1]), params.get("at", [None])[-1]))

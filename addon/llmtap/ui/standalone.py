@@ -1,4 +1,5 @@
-"""`llmtap ui`: the dashboard over a file, without a proxy (read-only, also while a proxy writes it).
+"""`llmtap ui`: the dashboard over a file (or a fleet's Postgres log), without a proxy: read-only, also
+while a proxy writes it.
 
 The same `server.handle` as the proxy's local API, behind the standard library's threading HTTP
 server on loopback: one thread per request, each query on its own short-lived connection.
@@ -8,10 +9,10 @@ from __future__ import annotations
 
 import webbrowser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
-from llmtap.ui import server
+from llmtap.storage import query
+from llmtap.ui import server, views
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -44,15 +45,15 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, port: int, db: Path) -> None:
+    def __init__(self, port: int, db: views.Target) -> None:
         self.db = db
         super().__init__(("127.0.0.1", port), _Handler)
 
 
-def serve(db: Path, port: int, open_browser: bool = False) -> int:
+def serve(db: views.Target, port: int, open_browser: bool = False) -> int:
     httpd = _Server(port, db)
     url = f"http://127.0.0.1:{httpd.server_address[1]}/ui/overview"
-    print(f"llmtap dashboard at {url} (read-only over {db}); Ctrl-C stops it", flush=True)
+    print(f"llmtap dashboard at {url} (read-only over {query.shown(db)}); Ctrl-C stops it", flush=True)
     if open_browser:
         webbrowser.open(url)
     try:

@@ -4,7 +4,10 @@ A view's filters are the CLI's flags as query-string parameters (`since`, `until
 `model`, `user`, `session`, `property=k=v`, `rating`, `score`, `tz`), parsed by the same functions,
 so a dashboard URL and an `llmtap report` command answer the same question the same way. Every
 query runs on a short-lived read-only connection with external access off and a time limit
-(`QUERY_SECONDS`): past it the query is interrupted and the view says so.
+(`QUERY_SECONDS`): past it the query is interrupted (or, on Postgres, cancelled) and the view says so.
+
+`db` is a DuckDB file or a fleet's Postgres URL: the reports are one definition for both
+(reports/dialect.py), so every view answers alike from either.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import duckdb
 
-from llmtap.reports import catalog, output, rollup
-from llmtap.storage import query
+from llmtap.reports import catalog, dialect, output, rollup
+from llmtap.storage import postgres, query
+
+Target = str | Path  # a DuckDB file, or a Postgres URL (a fleet's log)
 
 QUERY_SECONDS = 10.0
 FILTERS = ("since", "until", "provider", "model", "user", "session", "property", "rating", "score", "tz")
@@ -135,24 +140,25 @@ def axis(bucket: str, tz: str, start: datetime, end: datetime) -> list[int]:
 
 
 def run(
-    db: Path,
+    db: Target,
     work: Callable[[duckdb.DuckDBPyConnection], Any],
     seconds: float = QUERY_SECONDS,
     external_access: bool = False,
 ) -> Any:
-    """`work` on a fresh read-only connection, external access off, interrupted after `seconds`."""
-    if not db.exists():
+    """`work` on a fresh read-only connection, external access off, interrupted after `seconds`
+    (a Postgres query is cancelled by the server's protocol, which stops it there too)."""
+    if not postgres.is_url(db) and not Path(db).exists():
         raise ViewError(503, f"no calls logged yet: {db} is written with the first one")
     try:
         conn = query.connect(db, external_access=external_access)
     except query.QueryError as e:
         raise ViewError(503, str(e)) from None
-    timer = threading.Timer(seconds, conn.interrupt)
+    timer = threading.Timer(seconds, conn.cancel if postgres.is_connection(conn) else conn.interrupt)
     timer.start()
     try:
         return work(conn)
     except query.QueryError as e:
-        if "interrupt" in str(e).lower():
+        if any(word in str(e).lower() for word in ("interrupt", "canceling statement")):
             raise ViewError(503, f"the query took longer than {seconds:g} s and was stopped") from None
         raise ViewError(400, str(e)) from None
     finally:
@@ -161,7 +167,7 @@ def run(
 
 
 def overview(
-    db: Path, opts: catalog.Options, now: datetime | None = None, stack: str = "model"
+    db: Target, opts: catalog.Options, now: datetime | None = None, stack: str = "model"
 ) -> dict[str, Any]:
     """Cards (the `summary` report) and, per time bucket, cost stacked by `stack` (model, provider,
     user, property:NAME or score:NAME), calls and errors, and latency percentiles: each with the SQL
@@ -265,7 +271,7 @@ def _table(columns: list[str], rows: list[tuple], tz: str) -> dict[str, Any]:
 
 
 def requests(
-    db: Path, opts: catalog.Options, params: dict[str, list[str]], now: datetime | None = None
+    db: Target, opts: catalog.Options, params: dict[str, list[str]], now: datetime | None = None
 ) -> dict[str, Any]:
     """One page of the log, newest first, and the cursor of the next (`before`), if any."""
     now = now or datetime.now(UTC)
@@ -286,7 +292,7 @@ def requests(
     return run(db, work)
 
 
-def request(db: Path, request_id: str, at: str | None = None) -> dict[str, Any]:
+def request(db: Target, request_id: str, at: str | None = None) -> dict[str, Any]:
     """Everything about one call: its row (a large body as size, head and tail), feedback, scores.
     `at`, the row's created_at as the log showed it, lets DuckDB skip every other row group."""
     when = _cursor(f"{at}|{request_id}")[0] if at else None
@@ -308,7 +314,7 @@ def request(db: Path, request_id: str, at: str | None = None) -> dict[str, Any]:
     return run(db, work)
 
 
-def body(db: Path, request_id: str, which: str) -> bytes:
+def body(db: Target, request_id: str, which: str) -> bytes:
     """A whole body, for download."""
     if which not in ("request", "response"):
         raise ViewError(404, f"no body {which!r}: request or response")
@@ -348,7 +354,7 @@ def _limit(text: str) -> int:
     return int(text)
 
 
-def report(db: Path, name: str, opts: catalog.Options, params: dict[str, list[str]]) -> dict[str, Any]:
+def report(db: Target, name: str, opts: catalog.Options, params: dict[str, list[str]]) -> dict[str, Any]:
     """A built-in report, as `llmtap report NAME` runs it (`by` and `limit` as its flags)."""
     opts = _report_options(name, opts, params)
 
@@ -362,7 +368,7 @@ def report(db: Path, name: str, opts: catalog.Options, params: dict[str, list[st
     return run(db, work)
 
 
-def export(db: Path, view: str, fmt: str, opts: catalog.Options, params: dict[str, list[str]]) -> bytes:
+def export(db: Target, view: str, fmt: str, opts: catalog.Options, params: dict[str, list[str]]) -> bytes:
     """Every matching row of a view (the requests log, or a report without its limit) as CSV, JSON
     or Parquet, written by the CLI's code: `catalog.render` and `query.to_parquet`."""
     if fmt not in EXPORTS:
@@ -403,44 +409,61 @@ def _report_options(name: str, opts: catalog.Options, params: dict[str, list[str
     return catalog.Options(**{**vars(opts), "by": by, "limit": limit})
 
 
-def sql(db: Path, text: str) -> dict[str, Any]:
+def sql(db: Target, text: str) -> dict[str, Any]:
     """A read-only query typed in the SQL page: external access off (no other file can be read or
     written: `COPY ... TO`, `read_csv('/etc/passwd')`, `ATTACH` are refused), the time limit on."""
     if not text.strip():
         raise ViewError(400, "sql: empty query")
 
     def work(conn: duckdb.DuckDBPyConnection) -> dict[str, Any]:
-        columns, rows = query.fetch(conn, text, decimals_as_text=False)
+        columns, rows = _typed(conn, text)
         return {"columns": columns, "rows": [list(r) for r in rows[:SQL_ROWS]], "total": len(rows),
                 "truncated": len(rows) > SQL_ROWS}  # fmt: skip
 
     return run(db, work)
 
 
-def sql_export(db: Path, text: str, fmt: str) -> bytes:
+def sql_export(db: Target, text: str, fmt: str) -> bytes:
     """The SQL page's result as `llmtap sql --format csv|json` writes it."""
     if fmt not in ("csv", "json"):
         raise ViewError(404, f"no export format {fmt!r} for SQL: csv or json")
 
     def work(conn: duckdb.DuckDBPyConnection) -> bytes:
-        columns, rows = query.fetch(conn, text)
+        columns, rows = _typed(conn, text)
         return output.render(columns, rows, fmt).encode()
 
     return run(db, work)
 
 
-def property_keys(db: Path) -> list[str]:
+def _typed(conn: duckdb.DuckDBPyConnection, text: str) -> tuple[list[str], list[tuple]]:
+    """A statement typed on the SQL page. DuckDB's connection has external access off. On a fleet's
+    Postgres it runs as one SELECT (a subquery: `COPY`, `SET` or a second statement are refused) in
+    the read-only transaction, and only for a role that cannot reach the server's files."""
+    if not postgres.is_connection(conn):
+        return query.fetch(conn, text)
+    role = postgres.touches_files(conn)
+    if role is not None:
+        raise ViewError(403, f"sql: the role {role!r} may read the database server's files (a superuser or"
+                        " a member of pg_read_server_files), so the SQL page will not run what is typed"
+                        " in it; give the dashboard a URL with a role that has only SELECT (README,"
+                        " Fleet mode)")  # fmt: skip
+    body = text.strip().rstrip(";").strip()
+    return query.fetch(conn, f"SELECT * FROM (\n{body}\n) AS typed")
+
+
+def property_keys(db: Target) -> list[str]:
     """The property names in use, for the Properties page's picker."""
 
     def work(conn: duckdb.DuckDBPyConnection) -> list[str]:
-        _, rows = query.fetch(conn, "SELECT DISTINCT unnest(json_keys(properties)) AS k FROM requests"
+        keys = dialect.of(conn).object_keys("properties")
+        _, rows = query.fetch(conn, f"SELECT DISTINCT {keys} AS k FROM requests"
                               " WHERE properties IS NOT NULL ORDER BY k")  # fmt: skip
         return [r[0] for r in rows]
 
     return run(db, work)
 
 
-def score_names(db: Path) -> list[str]:
+def score_names(db: Target) -> list[str]:
     """The score names in use, for the Overview's stacking choices."""
 
     def work(conn: duckdb.DuckDBPyConnection) -> list[str]:
