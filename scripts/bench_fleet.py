@@ -21,7 +21,8 @@ process; a real redis-server and a throwaway Postgres cluster started here, as t
   pricing) per row for scale, since the writer does both.
 
 - **Reports on Postgres**: bench_reports.py's synthetic data set (default 10M rows; `--rows`),
-  generated in a DuckDB file as there, copied into Postgres (CSV, COPY), analysed; then every case
+  generated in a DuckDB file as there, copied into Postgres (CSV, COPY; the rollup's triggers
+  build `requests_15m` as the rows arrive, as they do for the writers), analysed; then every case
   of bench_reports.py's list, as a user runs it (`llmtap report ... --db postgresql://...`,
   in-process, CSV to a file), once after one warm-up run of the first, one run each (at 10M
   rows a report takes seconds on Postgres). Target: < 1 s each (TARGET_REPORT_S).

@@ -135,7 +135,7 @@ def test_writers_starting_together_migrate_once(postgres_db: str) -> None:
     assert errors == []
     assert sorted(results) == [[], [], [], [name for name, _ in postgres.MIGRATIONS]]
     assert pg_rows(postgres_db, "SELECT name FROM _llmtap_migrations ORDER BY 1") == [
-        ("p001_requests",), ("p002_report_support",), ("p003_views",)
+        ("p001_requests",), ("p002_report_support",), ("p003_views",), ("p004_rollup",)
     ]  # fmt: skip
 
 

@@ -11,15 +11,18 @@ from typing import Any
 import duckdb
 import pytest
 
+from llmtap.accounting.record import COLUMNS as ROW_COLUMNS
 from llmtap.accounting.record import as_row
+from llmtap.reports import catalog
 from llmtap.reports import rollup as reader
-from llmtap.storage import rollup
+from llmtap.storage import postgres, query, rollup
 from llmtap.storage.migrations import migrate
 from llmtap.storage.writer import Store
 from llmtap.ui import views
 from tests.unit.test_catalog import COLUMNS, DATA, SUMMARY, load
 
 NOW = datetime(2025, 6, 10, 12, 0, tzinfo=UTC)
+COLUMNS_AT = {name: k for k, name in enumerate(ROW_COLUMNS)}
 
 
 @pytest.fixture
@@ -165,3 +168,89 @@ def test_latency_over_many_calls_comes_from_a_stable_sample(
     assert views.overview(db, opts, NOW)["latency"] == v["latency"]
     monkeypatch.setattr(views, "LATENCY_ROWS", 12)
     assert views.overview(db, opts, NOW)["latency_sample_pct"] is None
+
+
+# -- on a fleet's Postgres log: kept by triggers, read by the reports too --
+
+
+def pg_rollup(url: str) -> list[tuple[Any, ...]]:
+    """The rollup's rows summed over proxies, checked against the same rows built from the calls."""
+    sums = ", ".join(f"sum({n})" for n in rollup.NAMES[3:])
+    with postgres.connect(url, read_only=True) as conn:
+        kept = conn.execute(
+            f"SELECT qb, provider, model, {sums} FROM {rollup.TABLE} GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+        ).fetchall()
+        built = conn.execute(
+            f"SELECT qb, provider, model, {sums} FROM ({rollup.aggregate_sql('true')}) AS b"
+            " GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+        ).fetchall()
+    assert kept == built
+    return kept
+
+
+def test_postgres_triggers_keep_the_rollup_through_every_kind_of_write(postgres_db: str) -> None:
+    """The writers' COPY (two proxies, so two rollup rows for one bucket), a retried batch whose
+    commit had gone through (only the rows it inserted count), a DELETE, an UPDATE and a TRUNCATE by
+    hand: after each, the rollup is what the calls add up to."""
+    rows = writer_rows()
+    mine, theirs = (
+        [r[: COLUMNS_AT["proxy_id"]] + (proxy,) + r[COLUMNS_AT["proxy_id"] + 1 :] for r in part]
+        for proxy, part in (("proxy-0", rows[:7]), ("proxy-1", rows[7:]))
+    )
+    sink = postgres.PostgresSink(postgres_db)
+    sink.write(mine[:2], [])
+    sink.write(mine, [])  # the retry of a batch whose first two rows were committed
+    sink.write(theirs, [])
+    sink.close()
+    kept = pg_rollup(postgres_db)
+    assert len(kept) == 8 and sum(r[3] for r in kept) == 12
+    assert kept[0][:4] == (
+        int(datetime(2025, 6, 1, 10, tzinfo=UTC).timestamp()) // 900,
+        "openai",
+        "gpt-4o",
+        3,
+    )
+    with postgres.connect(postgres_db) as conn:
+        conn.autocommit = True
+        [(proxies,)] = conn.execute(f"SELECT count(DISTINCT proxy_id) FROM {rollup.TABLE}").fetchall()
+        assert proxies == 2
+        conn.execute("DELETE FROM requests WHERE request_id IN ('r01', 'r06')")
+        pg_rollup(postgres_db)
+        conn.execute("UPDATE requests SET model = 'gpt-4.1', cost_usd = 0.5 WHERE request_id = 'r02'")
+        conn.execute("UPDATE requests SET properties = '{\"reviewed\": \"yes\"}' WHERE request_id = 'r03'")
+        assert sum(r[3] for r in pg_rollup(postgres_db)) == 10
+        conn.execute("TRUNCATE requests")
+        assert pg_rollup(postgres_db) == []
+
+
+def test_postgres_reports_read_the_rollup_where_it_answers(postgres_db: str) -> None:
+    """`summary` and `cost` grouped by day, hour, model and provider come from the rollup (the
+    comparison with DuckDB's answers is test_reports_postgres'); other groupings and filters read
+    the calls."""
+    from tests.unit.test_reports_postgres import load_postgres
+
+    load_postgres(postgres_db)
+    conn = query.connect(postgres_db)
+    try:
+        for name, opts in [
+            ("summary", {}),
+            ("cost", {}),
+            ("cost", {"by": catalog.parse_dimensions("day,provider"), "since": catalog.parse_when("2d")}),
+            ("cost", {"by": catalog.parse_dimensions("hour"), "model": ["gpt-4o"], "tz": "Asia/Kolkata"}),
+        ]:
+            assert rollup.TABLE in catalog.prepare(conn, name, catalog.Options(**opts), NOW).sql, (name, opts)
+        for name, opts in [
+            ("summary", {"user": ["alice"]}),
+            ("cost", {"by": catalog.parse_dimensions("user")}),
+            ("cost", {"by": catalog.parse_dimensions("minute")}),
+            ("cache", {}),
+            ("latency", {}),
+        ]:
+            assert rollup.TABLE not in catalog.prepare(conn, name, catalog.Options(**opts), NOW).sql, (
+                name,
+                opts,
+            )
+        _, columns, rows = catalog.fetch(conn, "summary", catalog.Options(), NOW)
+        assert dict(zip(columns, rows[0], strict=True)) == SUMMARY
+    finally:
+        conn.close()

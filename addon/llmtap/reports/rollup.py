@@ -1,13 +1,18 @@
-"""The Overview's cards, cost and errors over time from the 15-minute rollup (storage/rollup.py).
+"""The Overview's cards, cost and errors over time from the 15-minute rollup (storage/rollup.py),
+and on a fleet's Postgres log the `summary` and `cost` reports too.
 
-Same columns, same values as the `summary`, `cost --by BUCKET,STACK` and `errors --by BUCKET`
-reports over the calls (tests compare them), read from ~100k rollup rows instead of 10M calls.
-The rollup holds whole 15-minute buckets; the partial ones at the range's edges are read from the
-calls. Used only where the rollup can answer: filters on time, provider and model, buckets of an
-hour or a day, and for the cost chart a stack by model or provider. Anything else, a file without
-the rollup, a fleet's Postgres log (it has none), or a rollup whose call count differs from the
-calls' in the range (rows written by hand), returns None and the caller runs the reports over the
-calls.
+Same columns, same values as the `summary`, `cost --by ...` and `errors --by BUCKET` reports over
+the calls (tests compare them), read from ~100k rollup rows instead of 10M calls. The rollup holds
+whole 15-minute buckets; the partial ones at the range's edges are read from the calls. Used only
+where the rollup can answer: filters on time, provider and model, groupings by day, hour, model
+and provider. Anything else, or a database without the rollup, returns None and the caller reads
+the calls.
+
+In a DuckDB file the writer keeps the rollup, and a reader first checks that its call count is the
+calls' in the range (rows written by hand are not in it; the check takes ~10 ms on 10M calls). On
+Postgres triggers keep it for every statement, and counting 10M calls there takes most of a second,
+so the reader trusts it. The reports read it on Postgres only: over a DuckDB file the calls
+themselves answer well under a second (README, Performance).
 """
 
 from __future__ import annotations
@@ -46,24 +51,55 @@ def overview(
 ) -> Overview | None:
     """The three results (cost None for a stack other than STACKS), or None where the calls must be
     read instead."""
-    if not usable(opts, bucket) or dialect.of(conn).postgres:  # a fleet's log has no rollup (yet)
+    if not usable(opts, bucket):
         return None
     catalog._set_timezone(conn, opts.tz)
+    window = _window(conn, opts, now)
+    if window is None:
+        return None
+    p, rows = window
+    by = [catalog.Dimension(bucket), catalog.Dimension(stack)]
+    return Overview(
+        _fetch(conn, "summary", _summary(rows), p.values),
+        _fetch(conn, "cost", _cost(rows, by, ""), p.values) if stack in STACKS else None,
+        _fetch(conn, "errors", _errors(rows, bucket), p.values),
+    )
+
+
+def report(
+    conn: duckdb.DuckDBPyConnection, name: str, opts: catalog.Options, now: datetime
+) -> catalog.Report | None:
+    """`summary`, or `cost` grouped by day, hour, model and provider, from the rollup of a fleet's
+    Postgres log; None where the calls must be read (the connection's TimeZone is set already)."""
+    if name not in ("summary", "cost") or not dialect.of(conn).postgres:
+        return None
+    by = opts.by or [catalog.Dimension(k) for k in catalog.GROUPED.get(name, ())]
+    if not all(d.kind in (*BUCKETS, *STACKS) for d in by) or not usable(opts, "day") or opts.sample_pct:
+        return None
+    window = _window(conn, opts, now)
+    if window is None:
+        return None
+    p, rows = window
+    if name == "summary":
+        return catalog.Report(name, _summary(rows), p.values, "one")
+    limit = f"\nLIMIT {p(opts.limit)}" if opts.limit else ""
+    return catalog.Report(name, _cost(rows, by, limit), p.values, "rows")
+
+
+def _window(
+    conn: duckdb.DuckDBPyConnection, opts: catalog.Options, now: datetime
+) -> tuple[catalog._Params, str] | None:
+    """The parameters and the `u` rows of the range, or None when the rollup cannot answer it."""
     since = catalog._resolve(conn, opts.since, now, end=False) if opts.since else None
     until = catalog._resolve(conn, opts.until, now, end=True) if opts.until else None
     lo = -(-_us(since) // table.BUCKET_US) if since else None  # the first whole bucket
     hi = _us(until or now) // table.BUCKET_US  # the first bucket not whole (or not yet)
     if lo is not None and lo >= hi:
         return None
-    if not _counts_agree(conn, opts, lo, hi):
+    if not _trusted(conn, opts, lo, hi):
         return None
     p = catalog._Params()
-    rows = _rows(opts, p, since, until, lo, hi)
-    return Overview(
-        _fetch(conn, "summary", _summary(rows), p.values),
-        _fetch(conn, "cost", _cost(rows, bucket, stack), p.values) if stack in STACKS else None,
-        _fetch(conn, "errors", _errors(rows, bucket), p.values),
-    )
+    return p, _rows(opts, p, since, until, lo, hi)
 
 
 def _fetch(conn: duckdb.DuckDBPyConnection, name: str, sql: str, params: dict) -> Result:
@@ -87,8 +123,11 @@ def _filters(opts: catalog.Options, p: catalog._Params) -> list[str]:
     ]
 
 
-def _counts_agree(conn: duckdb.DuckDBPyConnection, opts: catalog.Options, lo: int | None, hi: int) -> bool:
-    """The rollup's calls in its whole buckets equal the calls logged there (~10 ms on 10M)."""
+def _trusted(conn: duckdb.DuckDBPyConnection, opts: catalog.Options, lo: int | None, hi: int) -> bool:
+    """Postgres: the rollup exists (its triggers keep it). DuckDB: the rollup's calls in its whole
+    buckets equal the calls logged there (~10 ms on 10M)."""
+    if dialect.of(conn).postgres:
+        return query.fetch(conn, f"SELECT to_regclass('{table.TABLE}') IS NOT NULL")[1] == [(True,)]
     p = catalog._Params()
     qb = [f"qb < {p(hi)}", *([f"qb >= {p(lo)}"] if lo is not None else []), *_filters(opts, p)]
     at = [f"created_at < {p(_at(hi))}", *([f"created_at >= {p(_at(lo))}"] if lo is not None else [])]
@@ -126,16 +165,18 @@ def _rows(
 
 
 def _summary(rows: str) -> str:
+    """The `summary` report's columns and types (catalog._summary) from the rollup's sums."""
     return f"""WITH {rows}
-SELECT coalesce(sum(calls), 0) AS calls,
-       sum(input_tokens) AS input_tokens,
-       sum(output_tokens) AS output_tokens,
+SELECT CAST(coalesce(sum(calls), 0) AS BIGINT) AS calls,
+       CAST(sum(input_tokens) AS BIGINT) AS input_tokens,
+       CAST(sum(output_tokens) AS BIGINT) AS output_tokens,
        sum(cost_usd) AS cost_usd,
-       coalesce(sum(unpriced), 0) AS unpriced,
-       coalesce(sum(errors), 0) AS errors,
-       round(100 * sum(errors) / nullif(sum(calls), 0), 1) AS error_pct,
-       coalesce(sum(cache_hits), 0) AS cache_hits,
-       round(100 * sum(cache_hits) / nullif(sum(cache_lookups), 0), 1) AS cache_hit_pct,
+       CAST(coalesce(sum(unpriced), 0) AS BIGINT) AS unpriced,
+       CAST(coalesce(sum(errors), 0) AS BIGINT) AS errors,
+       round(CAST(100 * sum(errors) AS DOUBLE PRECISION) / nullif(sum(calls), 0), 1) AS error_pct,
+       CAST(coalesce(sum(cache_hits), 0) AS BIGINT) AS cache_hits,
+       round(CAST(100 * sum(cache_hits) AS DOUBLE PRECISION) / nullif(sum(cache_lookups), 0), 1)
+           AS cache_hit_pct,
        sum(cost_saved_usd) AS cost_saved_usd
 FROM u"""
 
@@ -145,25 +186,31 @@ def _buckets() -> str:
     seconds = table.BUCKET_US // 1_000_000
     return (
         f"_tb AS (SELECT qb, CAST(date_trunc('day', to_timestamp(qb * {seconds})) AS DATE) AS day,"
-        f" date_trunc('hour', to_timestamp(qb * {seconds})) AS hour FROM (SELECT DISTINCT qb FROM u))"
+        f" date_trunc('hour', to_timestamp(qb * {seconds})) AS hour FROM (SELECT DISTINCT qb FROM u) AS _q)"
     )
 
 
-def _cost(rows: str, bucket: str, stack: str) -> str:
+def _cost(rows: str, by: list[catalog.Dimension], limit: str) -> str:
+    """`cost --by ...` (catalog._cost's columns and order) for groupings among BUCKETS and STACKS."""
+    keys = [f"_tb.{d.kind}" if d.kind in BUCKETS else f"u.{d.kind}" for d in by]
+    times = [d.kind for d in by if d.kind in BUCKETS]
+    order = [f"{t} ASC" for t in times] + ["cost_usd DESC NULLS LAST", "calls DESC"]
+    order += [f"{d.kind} ASC NULLS LAST" for d in by if d.kind not in BUCKETS]
     return f"""WITH {rows},
 {_buckets()}
-SELECT _tb.{bucket} AS {bucket}, u.{stack} AS {stack}, sum(calls) AS calls,
-       sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens, sum(cost_usd) AS cost_usd,
-       sum(unpriced) AS unpriced, sum(cost_saved_usd) AS cost_saved_usd
+SELECT {", ".join(f"{k} AS {d.kind}" for k, d in zip(keys, by, strict=True))},
+       CAST(sum(calls) AS BIGINT) AS calls, CAST(sum(input_tokens) AS BIGINT) AS input_tokens,
+       CAST(sum(output_tokens) AS BIGINT) AS output_tokens, sum(cost_usd) AS cost_usd,
+       CAST(sum(unpriced) AS BIGINT) AS unpriced, sum(cost_saved_usd) AS cost_saved_usd
 FROM u JOIN _tb USING (qb)
-GROUP BY 1, 2
-ORDER BY {bucket} ASC, cost_usd DESC NULLS LAST, calls DESC, {stack} ASC NULLS LAST"""
+GROUP BY {", ".join(str(i + 1) for i in range(len(by)))}
+ORDER BY {", ".join(order)}{limit}"""
 
 
 def _errors(rows: str, bucket: str) -> str:
     return f"""WITH {rows},
 {_buckets()}
-SELECT _tb.{bucket} AS {bucket}, sum(errors) AS calls
+SELECT _tb.{bucket} AS {bucket}, CAST(sum(errors) AS BIGINT) AS calls
 FROM u JOIN _tb USING (qb)
 GROUP BY 1
 HAVING sum(errors) > 0

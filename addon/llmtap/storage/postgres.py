@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from llmtap.accounting.record import COLUMNS, TYPES, Annotation, annotation_rows
+from llmtap.storage import rollup
 
 SCHEMES = ("postgresql://", "postgres://")
 CONNECT_TIMEOUT = 3  # seconds: a down server must not hold a flush (or a shutdown) for long
@@ -212,6 +213,10 @@ MIGRATIONS: list[tuple[str, str]] = [
             'The latest value of each score name (NULL: not scored), e.g. (scores->>''accuracy'')::bigint.';
         """,
     ),
+    # The 15-minute rollup the reports and the dashboard read on long ranges, kept by triggers
+    # (storage/rollup.py says why and how); built here from the calls already logged. Needs
+    # Postgres 15 (UNIQUE NULLS NOT DISTINCT).
+    ("p004_rollup", rollup.postgres_ddl()),
 ]
 
 

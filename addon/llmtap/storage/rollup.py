@@ -56,8 +56,63 @@ def aggregate_sql(where: str) -> str:
     measures = ", ".join(f"{sql} AS {name}" for name, sql, _, _ in MEASURES)
     return (
         f"SELECT epoch_us(created_at) // {BUCKET_US} AS qb, provider, model, {measures}"
-        f" FROM requests WHERE {where} GROUP BY ALL"
+        f" FROM requests WHERE {where} GROUP BY 1, 2, 3"
     )
+
+
+def postgres_ddl() -> str:
+    """The rollup in a fleet's Postgres log (migration p004; what it creates is fixed there: a new
+    measure is a new migration). Keyed by proxy too, so two writers never update one row.
+
+    Triggers keep it, not the writers: every statement that inserts, deletes or updates calls, in
+    the statement's own transaction, adds (or takes away) its rows' sums, read from its transition
+    tables. COPY, a retried batch's `ON CONFLICT DO NOTHING` (only the rows it inserted count), an
+    `INSERT` or a `DELETE` by hand: all are counted, so a reader needs no count of the calls to
+    trust it (a count of 10M rows takes most of a second in Postgres). `TRUNCATE requests` empties
+    it; dropping, detaching or truncating one month's partition does not (README, Fleet mode)."""
+    names = ", ".join(NAMES[:3] + ("proxy_id",) + NAMES[3:])
+    kinds = {"HUGEINT": "bigint", "BIGINT NOT NULL": "bigint NOT NULL", "DECIMAL(38, 9)": "numeric(38, 9)"}
+    columns = ", ".join(f"{n} {kinds[k]}" for n, _, k, _ in MEASURES)
+
+    def rows(source: str, sign: str) -> str:  # sign: '' to add a statement's rows, '-' to take away
+        measures = ", ".join(f"{sign}CAST({sql} AS {kinds[k].removesuffix(' NOT NULL')})"
+                             for _, sql, k, _ in MEASURES)  # fmt: skip
+        return (
+            f"INSERT INTO {TABLE} AS t ({names})"
+            f" SELECT epoch_us(created_at) // {BUCKET_US}, provider, model, proxy_id, {measures}"
+            f" FROM {source} GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"  # one lock order: no deadlock
+            f" ON CONFLICT (qb, provider, model, proxy_id) DO UPDATE SET {update};"
+        )
+
+    update = ", ".join(
+        f"{n} = t.{n} + excluded.{n}" if "NOT NULL" in k
+        else f"{n} = coalesce(t.{n} + excluded.{n}, t.{n}, excluded.{n})"  # NULL: nothing known yet
+        for n, _, k, _ in MEASURES
+    )  # fmt: skip
+    emptied = f"DELETE FROM {TABLE} WHERE calls = 0;"
+    bodies = {
+        "insert": ("INSERT", "NEW TABLE AS new_rows", rows("new_rows", "")),
+        "delete": ("DELETE", "OLD TABLE AS old_rows", rows("old_rows", "-") + emptied),
+        "update": ("UPDATE", "OLD TABLE AS old_rows NEW TABLE AS new_rows",
+                   rows("old_rows", "-") + rows("new_rows", "") + emptied),
+        "truncate": ("TRUNCATE", None, f"DELETE FROM {TABLE};"),
+    }  # fmt: skip
+    statements = [
+        f"CREATE TABLE {TABLE} (qb bigint NOT NULL, provider text, model text, proxy_id text, {columns},"
+        f" UNIQUE NULLS NOT DISTINCT (qb, provider, model, proxy_id));",
+        rows("requests", ""),
+    ]
+    for what, (event, tables, body) in bodies.items():
+        name = f"llmtap_rollup_{what}"
+        statements.append(
+            f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql"
+            f" AS $$ BEGIN {body} RETURN NULL; END $$;"
+        )
+        statements.append(
+            f"CREATE TRIGGER {name} AFTER {event} ON requests {f'REFERENCING {tables} ' if tables else ''}"
+            f"FOR EACH STATEMENT EXECUTE FUNCTION {name}();"
+        )
+    return "\n".join(statements)
 
 
 def rebuild(conn: duckdb.DuckDBPyConnection) -> None:
