@@ -69,10 +69,16 @@ def postgres_ddl() -> str:
     tables. COPY, a retried batch's `ON CONFLICT DO NOTHING` (only the rows it inserted count), an
     `INSERT` or a `DELETE` by hand: all are counted, so a reader needs no count of the calls to
     trust it (a count of 10M rows takes most of a second in Postgres). `TRUNCATE requests` empties
-    it; dropping, detaching or truncating one month's partition does not (README, Fleet mode)."""
+    it. Statements on one month's partition rather than on `requests` (a DROP, DETACH, TRUNCATE or
+    DELETE there) fire no trigger of the parent's: README, Fleet mode, says what to do then."""
     names = ", ".join(NAMES[:3] + ("proxy_id",) + NAMES[3:])
     kinds = {"HUGEINT": "bigint", "BIGINT NOT NULL": "bigint NOT NULL", "DECIMAL(38, 9)": "numeric(38, 9)"}
     columns = ", ".join(f"{n} {kinds[k]}" for n, _, k, _ in MEASURES)
+    update = ", ".join(
+        f"{n} = t.{n} + excluded.{n}" if "NOT NULL" in k
+        else f"{n} = coalesce(t.{n} + excluded.{n}, t.{n}, excluded.{n})"  # NULL: nothing known yet
+        for n, _, k, _ in MEASURES
+    )  # fmt: skip
 
     def rows(source: str, sign: str) -> str:  # sign: '' to add a statement's rows, '-' to take away
         measures = ", ".join(f"{sign}CAST({sql} AS {kinds[k].removesuffix(' NOT NULL')})"
@@ -84,11 +90,6 @@ def postgres_ddl() -> str:
             f" ON CONFLICT (qb, provider, model, proxy_id) DO UPDATE SET {update};"
         )
 
-    update = ", ".join(
-        f"{n} = t.{n} + excluded.{n}" if "NOT NULL" in k
-        else f"{n} = coalesce(t.{n} + excluded.{n}, t.{n}, excluded.{n})"  # NULL: nothing known yet
-        for n, _, k, _ in MEASURES
-    )  # fmt: skip
     emptied = f"DELETE FROM {TABLE} WHERE calls = 0;"
     bodies = {
         "insert": ("INSERT", "NEW TABLE AS new_rows", rows("new_rows", "")),
