@@ -138,3 +138,61 @@ def test_workers_refuse_to_start_without_redis_and_postgres(tmp_path: Path) -> N
     assert out.returncode == 2
     assert "llmtap_redis" not in out.stderr.split("needs", 1)[1]
     assert "a Postgres llmtap_db" in out.stderr
+
+
+def test_a_live_page_on_one_worker_shows_every_workers_calls(
+    launch: Callable[..., Proxy], postgres_db: str
+) -> None:
+    """The page is served by the worker whose API it opened; the other worker's calls reach it
+    through Redis, from that worker's next check for listeners (within a second), with their
+    tokens and cost once written."""
+    import json
+    import threading
+
+    proxy = launch(postgres_db)
+    host, port = proxy.api.removeprefix("http://").split(":")
+    page = socket.create_connection((host, int(port)), timeout=60)
+    page.sendall(f"GET /api/ui/live HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+    stream = page.makefile("rb")
+    head = list(iter(stream.readline, b"\r\n"))
+    assert head[0].startswith(b"HTTP/1.1 200") and b"content-type: text/event-stream\r\n" in head, head
+    events: list[dict] = []
+
+    def read() -> None:
+        try:
+            while line := stream.readline():
+                if line.startswith(b"data: "):
+                    events.append(json.loads(line[6:]))
+        except (OSError, ValueError):
+            pass  # the page closed
+
+    threading.Thread(target=read, daemon=True).start()
+
+    def shown(request_id: str, state: str = "done", timeout: float = 10.0) -> dict | None:
+        """The page's event for this call, waited for up to `timeout`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [e for e in list(events) if (e["request_id"], e["state"]) == (request_id, state)]
+            if found or time.monotonic() > deadline:
+                return found[0] if found else None
+            time.sleep(0.02)
+
+    workers: set[str] = set()
+    deadline = time.monotonic() + 20
+    while len(workers) < 2:  # until the other worker has found the page (its next check)
+        assert time.monotonic() < deadline, (events, proxy.log())
+        [(_, rid)] = calls([proxy], 1, {})
+        if (event := shown(rid, timeout=1.5)) is not None:  # the other's, sent before it knew: never
+            workers.add(event["proxy_id"])
+    sent = calls([proxy], 20, {})  # new connections: the kernel spreads them over both workers
+    seen = {rid: event["proxy_id"] if (event := shown(rid)) else None for _, rid in sent}
+    last = shown(sent[-1][1], "accounted")
+    assert last is not None, events
+    page.shutdown(socket.SHUT_RDWR)  # the page closes
+    page.close()
+    assert proxy.stop() == 0, proxy.log()
+    rows = dict(pg(postgres_db, "SELECT request_id, proxy_id FROM requests"))
+    assert seen == {rid: rows[rid] for _, rid in sent}  # every call, with the worker that carried it
+    assert set(seen.values()) == workers == {f"{HOST}:0", f"{HOST}:1"}
+    cost = pg(postgres_db, f"SELECT cost_usd::text FROM requests WHERE request_id = '{sent[-1][1]}'")
+    assert last["cost_usd"] == cost[0][0]

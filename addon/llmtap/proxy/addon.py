@@ -40,6 +40,7 @@ from llmtap.proxy.caching import ResponseCache
 from llmtap.proxy.calls import Call
 from llmtap.proxy.fleet import SharedState
 from llmtap.proxy.limits import RateLimits
+from llmtap.proxy.livefleet import LiveRelay
 from llmtap.proxy.stream import StreamTee
 from llmtap.storage.writerproc import HANDOFF_BATCH, HANDOFF_SECONDS, WriterProcess
 from llmtap.wire import providers
@@ -61,6 +62,7 @@ class LLMTap:
         self.tls = upstream.tls_context(False, None)
         self._watcher: asyncio.Task | None = None
         self._handoff: asyncio.Task | None = None
+        self._relay: asyncio.Task | None = None  # the fleet's Live feed (livefleet.py)
         self.api_server: httpserver.Server | None = None
         self.live = LiveFeed()
         self.service = Service(
@@ -137,6 +139,8 @@ class LLMTap:
             self.shared = self.limits.shared = SharedState(o.llmtap_redis)
             where = redact_url(o.llmtap_redis)
             logger.info(f"llmtap: rate limits and cache shared in Redis at {where}")
+            relay = LiveRelay(self.shared, self.live, o.llmtap_proxy_id)
+            self._relay = _background(relay.run, "llmtap live relay")
         # In a fleet the cache is Redis; the proxy saves into it itself (_save_shared).
         cached = not o.llmtap_redis and self.cache.open(
             o.llmtap_cache, o.llmtap_cache_max_mb, o.llmtap_queue_size
@@ -162,6 +166,9 @@ class LLMTap:
         )
         self.store = None
         self.cache.close()
+        if self._relay is not None:
+            self._relay.cancel()
+            self._relay = None
         if self.shared is not None:
             shared = self.shared
             logger.info(f"llmtap: Redis: {shared.errors} errors, {shared.fallbacks} calls decided without it")
@@ -227,7 +234,7 @@ class LLMTap:
             if self.store is not None:
                 self.store.handoff()
                 self.cache.settle(self.store.settled())
-                self.store.watch(bool(self.live.subscribers))
+                self.store.watch(self.live.watched)
                 self.live.account(self.store.accounted())
 
     def _swap_rules(self, new: rules.Rules) -> None:
