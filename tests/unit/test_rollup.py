@@ -252,6 +252,9 @@ def test_postgres_reports_read_the_rollup_where_it_answers(postgres_db: str) -> 
             )
         _, columns, rows = catalog.fetch(conn, "summary", catalog.Options(), NOW)
         assert dict(zip(columns, rows[0], strict=True)) == SUMMARY
+        twice = catalog.Options(by=catalog.parse_dimensions("model,model"))
+        with pytest.raises(catalog.ReportError, match="--by model given twice"):  # as over the calls
+            catalog.prepare(conn, "cost", twice, NOW)
     finally:
         conn.close()
 

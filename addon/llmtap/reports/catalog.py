@@ -210,26 +210,27 @@ def prepare(conn: duckdb.DuckDBPyConnection, name: str, opts: Options, now: date
         raise ReportError(f"report {name} takes no --by (reports that do: {', '.join(GROUPED)})")
     if opts.limit is not None and opts.limit < 1:
         raise ReportError(f"--limit must be at least 1, got {opts.limit}")
+    by = opts.by or [Dimension(k) for k in GROUPED.get(name, ())]
+    seen = set()
+    for d in by:
+        if str(d) in seen:
+            raise ReportError(f"--by {d} given twice")
+        seen.add(str(d))
+    now = now or datetime.now(UTC)
     _set_timezone(conn, opts.tz)
     p = _Params(dialect.of(conn))
     if p.sql.postgres and name in ("summary", "cost"):  # a fleet's log: its rollup where it answers
         from llmtap.reports import rollup  # (which builds on this module)
 
-        if (fast := rollup.report(conn, name, opts, now or datetime.now(UTC))) is not None:
+        if (fast := rollup.report(conn, name, opts, now, by)) is not None:
             return fast
-    where = _where(conn, opts, p, now or datetime.now(UTC))
+    where = _where(conn, opts, p, now)
     if name == "summary":
         return Report(name, _summary(where), p.values, "one")
     if name == "top":
         return Report(name, _top(where, p, opts), p.values, "rows")
     if name == "sessions":
         return Report(name, _sessions(where, p, opts), p.values, "sessions")
-    by = opts.by or [Dimension(k) for k in GROUPED[name]]
-    seen = set()
-    for d in by:
-        if str(d) in seen:
-            raise ReportError(f"--by {d} given twice")
-        seen.add(str(d))
     return Report(name, _BUILDERS[name](where, p, opts, by), p.values, "rows")
 
 

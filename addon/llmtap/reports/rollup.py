@@ -67,13 +67,16 @@ def overview(
 
 
 def report(
-    conn: duckdb.DuckDBPyConnection, name: str, opts: catalog.Options, now: datetime
+    conn: duckdb.DuckDBPyConnection,
+    name: str,
+    opts: catalog.Options,
+    now: datetime,
+    by: list[catalog.Dimension],
 ) -> catalog.Report | None:
-    """`summary`, or `cost` grouped by day, hour, model and provider, from the rollup of a fleet's
+    """`summary`, or `cost` grouped `by` day, hour, model and provider, from the rollup of a fleet's
     Postgres log; None where the calls must be read (the connection's TimeZone is set already)."""
     if name not in ("summary", "cost") or not dialect.of(conn).postgres:
         return None
-    by = opts.by or [catalog.Dimension(k) for k in catalog.GROUPED.get(name, ())]
     if not all(d.kind in (*BUCKETS, *STACKS) for d in by) or not usable(opts, "day") or opts.sample_pct:
         return None
     window = _window(conn, opts, now)
