@@ -310,10 +310,9 @@ def cmd_ca(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from llmtap.storage import postgres
     from llmtap.ui import standalone
 
-    return standalone.serve(args.db if postgres.is_url(args.db) else Path(args.db), args.port, args.open)
+    return standalone.serve(args.db, args.port, args.open)
 
 
 def cmd_sql(args: argparse.Namespace) -> int:

@@ -50,7 +50,12 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def ui(db: Path) -> Iterator[str]:
     """`llmtap ui` over the file, in this process: host:port."""
-    server = standalone._Server(0, db)
+    yield from serve(db)
+
+
+def serve(target: str | Path) -> Iterator[str]:
+    """`llmtap ui`'s server over `target` (a file or a Postgres URL) in a thread: host:port."""
+    server = standalone._Server(0, target)
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield f"127.0.0.1:{server.server_address[1]}"

@@ -11,7 +11,6 @@ runs only for a role that cannot reach the server's files.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal as D
@@ -24,9 +23,19 @@ import pytest
 
 from llmtap.reports import catalog
 from llmtap.storage import postgres, query
-from llmtap.ui import standalone, views
+from llmtap.ui import views
 from tests.e2e.conftest import Proxy
-from tests.e2e.test_dashboard import PAINTED, RANGE, browser, db, get, llmtap_ui, open_page, ui  # noqa: F401
+from tests.e2e.test_dashboard import (  # noqa: F401
+    PAINTED,
+    RANGE,
+    browser,
+    db,
+    get,
+    llmtap_ui,
+    open_page,
+    serve,
+    ui,
+)  # fmt: skip
 from tests.servers import PostgresServer
 from tests.unit.test_catalog import SUMMARY
 from tests.unit.test_reports_postgres import load_postgres
@@ -48,15 +57,6 @@ def pg(postgres_cluster: PostgresServer) -> str:
 
 def reader(url: str) -> str:
     return url.replace("postgresql://postgres@", f"postgresql://{READER}@")
-
-
-def serve(target: str | Path) -> Iterator[str]:
-    server = standalone._Server(0, target)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield f"127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from llmtap.accounting.record import Annotation, Capture, Feedback, PropertyUpdate, Score
@@ -58,9 +57,7 @@ class Service:
             sse = {**dashboard.SECURITY, "content-type": "text/event-stream", "cache-control": "no-cache"}
             return httpserver.Reply(200, self.live.stream(), sse)
         if dashboard.is_dashboard(method, path):  # its queries block: a worker thread, off the loop
-            db = self.db_path()
-            target = db if postgres.is_url(db) else Path(db)
-            page = await asyncio.to_thread(dashboard.handle, method, path, headers, target)
+            page = await asyncio.to_thread(dashboard.handle, method, path, headers, self.db_path())
             return httpserver.Reply(page.status, page.body, page.all_headers())
         name, detail = httpserver.route(method, path)  # detail: the request id, or the log's route
         if name == "health":  # pending: records handed to the writer, not yet in the file

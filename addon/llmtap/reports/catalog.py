@@ -316,8 +316,7 @@ def _rows_cte(
     )
 
 
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
+_ident = query.quote_ident
 
 
 @dataclass

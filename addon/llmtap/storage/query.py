@@ -9,6 +9,8 @@ Rows reach the file within `llmtap_flush_ms` (1 s by default) of a call finishin
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -114,10 +116,17 @@ def fetch(
 
 
 def _fetch_postgres(conn: Any, sql: str, params: dict[str, Any] | None) -> tuple[list[str], list[tuple]]:
+    with _postgres_errors(conn):
+        return postgres.fetch(conn, sql, params)
+
+
+@contextmanager
+def _postgres_errors(conn: Any) -> Iterator[None]:
+    """A Postgres error as a QueryError, its failed transaction rolled back for the next statement."""
     import psycopg
 
     try:
-        return postgres.fetch(conn, sql, params)
+        yield
     except psycopg.Error as e:
         conn.rollback()
         raise QueryError(str(e).strip()) from e
@@ -159,14 +168,13 @@ _NUMERIC = 1700
 def _postgres_to_parquet(conn: Any, sql: str, params: dict[str, Any] | None, out: str | Path) -> None:
     """A fleet's log has no Parquet writer of its own: the rows go through an in-memory DuckDB table
     of the matching types (money stays DECIMAL), which DuckDB then writes as from a file."""
-    import psycopg
-
     try:
-        cur = postgres.execute(conn, sql, params)
-        columns = [(d.name, _duckdb_type(d)) for d in cur.description or []]
-        with duckdb.connect() as mem:
+        with _postgres_errors(conn):
+            cur = postgres.execute(conn, sql, params)
+            columns = [(d.name, _duckdb_type(d)) for d in cur.description or []]
+        with duckdb.connect() as mem, _postgres_errors(conn):
             mem.execute("SET TimeZone = 'UTC'")
-            mem.execute(f"CREATE TABLE t ({', '.join(f'{_quoted(n)} {kind}' for n, kind in columns)})")
+            mem.execute(f"CREATE TABLE t ({', '.join(f'{quote_ident(n)} {kind}' for n, kind in columns)})")
             appender = mem.appender("t")
             texts = [k for k, (_, kind) in enumerate(columns) if kind == "VARCHAR"]
             while rows := cur.fetchmany(5000):
@@ -176,9 +184,6 @@ def _postgres_to_parquet(conn: Any, sql: str, params: dict[str, Any] | None, out
                 appender.flush()
             target = str(out).replace("'", "''")
             mem.execute(f"COPY t TO '{target}' (FORMAT parquet)")
-    except psycopg.Error as e:
-        conn.rollback()
-        raise QueryError(str(e).strip()) from e
     except duckdb.Error as e:
         raise QueryError(f"cannot write {out} as Parquet: {e}") from e
 
@@ -199,5 +204,6 @@ def _text_at(row: tuple, columns: list[int]) -> tuple:
     return tuple(values)
 
 
-def _quoted(name: str) -> str:
+def quote_ident(name: str) -> str:
+    """A column or table name as an SQL identifier (the same in DuckDB and Postgres)."""
     return '"' + name.replace('"', '""') + '"'
