@@ -135,7 +135,8 @@ def test_writers_starting_together_migrate_once(postgres_db: str) -> None:
     assert errors == []
     assert sorted(results) == [[], [], [], [name for name, _ in postgres.MIGRATIONS]]
     assert pg_rows(postgres_db, "SELECT name FROM _llmtap_migrations ORDER BY 1") == [
-        ("p001_requests",), ("p002_report_support",), ("p003_views",), ("p004_rollup",)
+        ("p001_requests",), ("p002_report_support",), ("p003_views",), ("p004_rollup",),
+        ("p005_report_indexes",), ("p006_rollup_by_day",),
     ]  # fmt: skip
 
 

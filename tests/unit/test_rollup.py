@@ -260,17 +260,23 @@ def test_postgres_reports_read_the_rollup_where_it_answers(postgres_db: str) -> 
 
 
 def test_a_detached_month_is_fixed_as_the_readme_says(postgres_db: str) -> None:
-    """Detaching (or dropping) a partition fires no trigger of the parent's; the README's statement
-    then takes the month out of the rollup (it is read from the README, so both stay true)."""
+    """Detaching (or dropping) a partition fires no trigger of the parent's; the README's statements
+    then take the month out of both rollups (they are read from the README, so both stay true)."""
     from tests.unit.test_reports_postgres import load_postgres
+    from tests.unit.test_rollup_by import kept_and_built
 
     readme = " ".join((Path(__file__).parents[2] / "README.md").read_text().split())
     fix = readme.split("e.g. `DELETE FROM requests_15m", 1)[1].split("`", 1)[0]
+    fix_by_day = readme.split("`DELETE FROM requests_by_day", 1)[1].split("`", 1)[0]
     load_postgres(postgres_db)  # June 2025, in one partition
     with postgres.connect(postgres_db) as conn:
         conn.autocommit = True
         conn.execute("ALTER TABLE requests DETACH PARTITION requests_all")
         [(left,)] = conn.execute(f"SELECT sum(calls) FROM {rollup.TABLE}").fetchall()
         assert left == 12  # what the trigger could not see
+        [(by_day,)] = conn.execute("SELECT sum(calls) FROM requests_by_day WHERE dim = 'provider'").fetchall()
+        assert by_day == 12
         conn.execute(f"DELETE FROM requests_15m {fix}")
+        conn.execute(f"DELETE FROM requests_by_day {fix_by_day}")
     assert pg_rollup(postgres_db) == []
+    assert kept_and_built(postgres_db) == []

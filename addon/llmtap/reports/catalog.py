@@ -219,18 +219,20 @@ def prepare(conn: duckdb.DuckDBPyConnection, name: str, opts: Options, now: date
     now = now or datetime.now(UTC)
     _set_timezone(conn, opts.tz)
     p = _Params(dialect.of(conn))
-    if p.sql.postgres and name in ("summary", "cost"):  # a fleet's log: its rollup where it answers
-        from llmtap.reports import rollup  # (which builds on this module)
+    if p.sql.postgres:  # a fleet's log: its rollups where they answer
+        from llmtap.reports import rollup, rollup_by  # (which build on this module)
 
-        if (fast := rollup.report(conn, name, opts, now, by)) is not None:
-            return fast
+        for source in (rollup, rollup_by):
+            if (fast := source.report(conn, name, opts, now, by)) is not None:
+                return fast
     where = _where(conn, opts, p, now)
     if name == "summary":
         return Report(name, _summary(where), p.values, "one")
     if name == "top":
         return Report(name, _top(where, p, opts), p.values, "rows")
     if name == "sessions":
-        return Report(name, _sessions(where, p, opts), p.values, "sessions")
+        recent = _recent_start(conn, where, p, opts) if p.sql.postgres else None
+        return Report(name, _sessions(where, p, opts, recent), p.values, "sessions")
     return Report(name, _BUILDERS[name](where, p, opts, by), p.values, "rows")
 
 
@@ -554,21 +556,53 @@ SESSION_COLUMNS = (
 )  # fmt: skip
 
 
-def _sessions(where: list[str], p: _Params, opts: Options) -> str:
+# How far back a fleet's log is searched for the most recently active sessions, stretch by stretch.
+_RECENT = tuple(timedelta(hours=h) for h in (1, 8, 64, 512, 4096, 32768))
+
+
+def _recent_start(
+    conn: duckdb.DuckDBPyConnection, where: list[str], p: _Params, opts: Options
+) -> datetime | None:
+    """The start of the shortest recent stretch (to the range's end) in which `--limit` sessions
+    were active, or None. The sessions shown are then all among those: any other session's last
+    call came before the stretch, so before theirs. Postgres reads a stretch through the
+    created_at index where grouping every call by session takes seconds on 10M."""
+    limit = opts.limit or DEFAULT_LIMIT["sessions"]
+    since, until, now = p.span or (None, None, datetime.now(UTC))
+    for back in _RECENT:
+        start = (until or now) - back
+        if since is not None and start <= since:
+            return None
+        cond = " AND ".join([*where, "session_id IS NOT NULL", "created_at >= $_start"])
+        found = f"SELECT DISTINCT session_id FROM requests WHERE {cond} LIMIT {limit}"
+        sql = f"SELECT count(*) FROM ({found}) AS s"
+        if query.fetch(conn, sql, {**p.values, "_start": start})[1][0][0] >= limit:
+            return start
+    return None
+
+
+def _sessions(where: list[str], p: _Params, opts: Options, recent: datetime | None = None) -> str:
     """One row per session (path NULL, depth 0), each followed by its tree's nodes in tree order.
 
     A node is a path prefix (`/a`, `/a/b`) and counts its own calls and its descendants'. The
-    sessions shown are the `--limit` most recently active; only their rows are read for the tree.
+    sessions shown are the `--limit` most recently active (picked among those active since
+    `recent`, when given); only their rows are read for the tree.
     """
     limit = opts.limit or DEFAULT_LIMIT["sessions"]
     end = "epoch_ms(created_at) + coalesce(latency_ms, 0)"
     d = p.sql
+    picked = ""
+    if recent is not None:
+        picked = (
+            f" WHERE session_id IN (SELECT session_id FROM r WHERE created_at >= {p(recent)}"
+            f" GROUP BY session_id ORDER BY max(created_at) DESC, session_id LIMIT {p(limit)})"
+        )
     return f"""WITH {_rows_cte([*where, "session_id IS NOT NULL"])},
 s AS MATERIALIZED (
     SELECT session_id, {d.arg_max("session_name", "created_at")} AS session_name, count(*) AS calls,
            sum(cost_usd) AS cost_usd, min(created_at) AS first_seen, max(created_at) AS last_seen,
            max({end}) AS _end_ms
-    FROM r GROUP BY session_id
+    FROM r{picked} GROUP BY session_id
     ORDER BY last_seen DESC, session_id LIMIT {p(limit)}
 ),
 _p AS (

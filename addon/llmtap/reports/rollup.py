@@ -93,16 +93,28 @@ def _window(
     conn: duckdb.DuckDBPyConnection, opts: catalog.Options, now: datetime
 ) -> tuple[catalog._Params, str] | None:
     """The parameters and the `u` rows of the range, or None when the rollup cannot answer it."""
-    since = catalog._resolve(conn, opts.since, now, end=False) if opts.since else None
-    until = catalog._resolve(conn, opts.until, now, end=True) if opts.until else None
-    lo = -(-_us(since) // table.BUCKET_US) if since else None  # the first whole bucket
-    hi = _us(until or now) // table.BUCKET_US  # the first bucket not whole (or not yet)
-    if lo is not None and lo >= hi:
+    span = whole_buckets(conn, opts, now, table.BUCKET_US)
+    if span is None:
         return None
+    since, until, lo, hi = span
     if not _trusted(conn, opts, lo, hi):
         return None
     p = catalog._Params()
     return p, _rows(opts, p, since, until, lo, hi)
+
+
+def whole_buckets(
+    conn: duckdb.DuckDBPyConnection, opts: catalog.Options, now: datetime, size_us: int
+) -> tuple[datetime | None, datetime | None, int | None, int] | None:
+    """The range's since and until, its first whole bucket of `size_us` (None: from the first
+    call) and the first bucket not whole (or not yet over); None when no bucket is whole."""
+    since = catalog._resolve(conn, opts.since, now, end=False) if opts.since else None
+    until = catalog._resolve(conn, opts.until, now, end=True) if opts.until else None
+    lo = -(-_us(since) // size_us) if since else None
+    hi = _us(until or now) // size_us
+    if lo is not None and lo >= hi:
+        return None
+    return since, until, lo, hi
 
 
 def _fetch(conn: duckdb.DuckDBPyConnection, name: str, sql: str, params: dict) -> Result:
@@ -114,8 +126,8 @@ def _us(at: datetime) -> int:
     return (at - _EPOCH) // timedelta(microseconds=1)
 
 
-def _at(qb: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=qb * table.BUCKET_US)
+def _at(qb: int, size_us: int = table.BUCKET_US) -> datetime:
+    return _EPOCH + timedelta(microseconds=qb * size_us)
 
 
 def _filters(opts: catalog.Options, p: catalog._Params) -> list[str]:

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from llmtap.accounting.record import COLUMNS, TYPES, Annotation, annotation_rows
-from llmtap.storage import rollup
+from llmtap.storage import rollup, rollup_by
 
 SCHEMES = ("postgresql://", "postgres://")
 CONNECT_TIMEOUT = 3  # seconds: a down server must not hold a flush (or a shutdown) for long
@@ -217,6 +217,18 @@ MIGRATIONS: list[tuple[str, str]] = [
     # (storage/rollup.py says why and how); built here from the calls already logged. Needs
     # Postgres 15 (UNIQUE NULLS NOT DISTINCT).
     ("p004_rollup", rollup.postgres_ddl()),
+    (
+        # `top` reads the costliest calls first, and `sessions` the calls of the sessions it shows,
+        # rather than every call (reports/catalog.py).
+        "p005_report_indexes",
+        """
+        CREATE INDEX requests_cost ON requests (cost_usd DESC, created_at DESC, request_id)
+            WHERE cost_usd IS NOT NULL;
+        CREATE INDEX requests_session ON requests (session_id, created_at) WHERE session_id IS NOT NULL;
+        """,
+    ),
+    # The daily rollup by user, session, property, model and provider (storage/rollup_by.py).
+    ("p006_rollup_by_day", rollup_by.postgres_ddl()),
 ]
 
 

@@ -14,7 +14,7 @@ and one local day in every zone, as in the reports' own day / hour grouping.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -90,21 +90,29 @@ def postgres_ddl() -> str:
             f" ON CONFLICT (qb, provider, model, proxy_id) DO UPDATE SET {update};"
         )
 
-    emptied = f"DELETE FROM {TABLE} WHERE calls = 0;"
-    bodies = {
-        "insert": ("INSERT", "NEW TABLE AS new_rows", rows("new_rows", "")),
-        "delete": ("DELETE", "OLD TABLE AS old_rows", rows("old_rows", "-") + emptied),
-        "update": ("UPDATE", "OLD TABLE AS old_rows NEW TABLE AS new_rows",
-                   rows("old_rows", "-") + rows("new_rows", "") + emptied),
-        "truncate": ("TRUNCATE", None, f"DELETE FROM {TABLE};"),
-    }  # fmt: skip
     statements = [
         f"CREATE TABLE {TABLE} (qb bigint NOT NULL, provider text, model text, proxy_id text, {columns},"
         f" UNIQUE NULLS NOT DISTINCT (qb, provider, model, proxy_id));",
         rows("requests", ""),
     ]
+    return "\n".join(statements + statement_triggers("llmtap_rollup", TABLE, rows))
+
+
+def statement_triggers(prefix: str, table: str, rows: Callable[[str, str], str]) -> list[str]:
+    """The four statement-level triggers on `requests` that keep a rollup `table`: `rows(source,
+    sign)` is the statement adding (sign '') or taking away (sign '-') the sums of the calls in
+    `source`, a transition table; a row whose calls reach 0 is deleted."""
+    emptied = f"DELETE FROM {table} WHERE calls = 0;"
+    bodies = {
+        "insert": ("INSERT", "NEW TABLE AS new_rows", rows("new_rows", "")),
+        "delete": ("DELETE", "OLD TABLE AS old_rows", rows("old_rows", "-") + emptied),
+        "update": ("UPDATE", "OLD TABLE AS old_rows NEW TABLE AS new_rows",
+                   rows("old_rows", "-") + rows("new_rows", "") + emptied),
+        "truncate": ("TRUNCATE", None, f"DELETE FROM {table};"),
+    }  # fmt: skip
+    statements = []
     for what, (event, tables, body) in bodies.items():
-        name = f"llmtap_rollup_{what}"
+        name = f"{prefix}_{what}"
         statements.append(
             f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql"
             f" AS $$ BEGIN {body} RETURN NULL; END $$;"
@@ -113,7 +121,7 @@ def postgres_ddl() -> str:
             f"CREATE TRIGGER {name} AFTER {event} ON requests {f'REFERENCING {tables} ' if tables else ''}"
             f"FOR EACH STATEMENT EXECUTE FUNCTION {name}();"
         )
-    return "\n".join(statements)
+    return statements
 
 
 def rebuild(conn: duckdb.DuckDBPyConnection) -> None:

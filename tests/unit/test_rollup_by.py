@@ -1,0 +1,213 @@
+"""The daily rollup by dimension of a fleet's Postgres log (storage/rollup_by.py), and the recent
+stretch the `sessions` report picks its sessions from: kept by triggers through every kind of
+write, read where it answers, and giving DuckDB's answers (value for value, NULLs included; the
+whole matrix of reports and filters is test_reports_postgres')."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal as D
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+from llmtap.reports import catalog
+from llmtap.storage import postgres, query, rollup_by
+from llmtap.storage.migrations import migrate
+from tests.unit.test_catalog import COLUMNS, load
+from tests.unit.test_reports_postgres import NOW, fetch, load_postgres
+from tests.unit.test_rollup import COLUMNS_AT, writer_rows
+
+
+def kept_and_built(url: str) -> list[tuple[Any, ...]]:
+    """The table's rows summed over proxies, checked against the same rows built from the calls."""
+    sums = ", ".join(f"sum({m[0]})" for m in rollup_by.MEASURES)
+    built = rollup_by.rows_sql("requests")
+    columns = ", ".join(("day", "dim", "value", "proxy_id", *(m[0] for m in rollup_by.MEASURES)))
+    with postgres.connect(url, read_only=True) as conn:
+        kept = conn.execute(
+            f"SELECT day, dim, value, {sums} FROM {rollup_by.TABLE} GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+        ).fetchall()
+        again = conn.execute(
+            f"SELECT day, dim, value, {sums} FROM ({built}) AS b({columns}) GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+        ).fetchall()
+    assert kept == again
+    return kept
+
+
+def test_triggers_keep_it_through_every_kind_of_write(postgres_db: str) -> None:
+    """The writers' COPY (two proxies), a retried batch, properties that are not an object (no
+    property rows, and the batch is written), a DELETE, an UPDATE and a TRUNCATE by hand: after
+    each, the table is what the calls add up to."""
+    rows = writer_rows()
+    at = COLUMNS_AT["properties"]
+    odd = [rows[5][:at] + ('["a", "b"]',) + rows[5][at + 1 :], rows[7][:at] + ('"text"',) + rows[7][at + 1 :]]
+    rows = [*rows[:5], odd[0], rows[6], odd[1], *rows[8:]]
+    mine, theirs = (
+        [r[: COLUMNS_AT["proxy_id"]] + (proxy,) + r[COLUMNS_AT["proxy_id"] + 1 :] for r in part]
+        for proxy, part in (("proxy-0", rows[:7]), ("proxy-1", rows[7:]))
+    )
+    sink = postgres.PostgresSink(postgres_db)
+    sink.write(mine[:2], [])
+    sink.write(mine, [])  # the retry of a batch whose first two rows were committed
+    sink.write(theirs, [])
+    sink.close()
+    kept = kept_and_built(postgres_db)
+    day = int(datetime(2025, 6, 1, tzinfo=UTC).timestamp()) // 86400
+    first = {(r[1], r[2]): r[3:] for r in kept if r[0] == day}
+    assert set(first) == {
+        ("provider", "openai"), ("provider", "anthropic"),
+        ("model", "gpt-4o"), ("model", "claude-3-5-sonnet"),
+        ("user", "alice"), ("user", "bob"), ("session", "s1"), ("session", "s2"),
+        ("property:feature", "search"), ("property:feature", "chat"), ("property:env", "prod"),
+    }  # fmt: skip
+    # alice on June 1st: r01-r03, 3 calls, 400 / 200 tokens, $0.003 ($0 for the hit), $0.001 saved.
+    alice = dict(zip((m[0] for m in rollup_by.MEASURES), first[("user", "alice")], strict=True))
+    assert alice == {
+        "calls": 3, "input_tokens": 400, "input_known": 3, "output_tokens": 200, "output_known": 3,
+        "cost_usd": D("0.003"), "unpriced": 0, "cost_saved_usd": D("0.001"), "saved_known": 1, "errors": 0,
+        "cache_hits": 1, "cache_misses": 1, "cache_saved_usd": D("0.001"), "cache_saved_known": 1,
+        "cache_saved_ms": 0.0, "cache_saved_ms_known": 0,
+    }  # fmt: skip
+    assert sum(r[3] for r in kept if r[1] == "provider") == 12
+    # June 2nd: r06 (an array), r07 (feature: search), r08 (a string): only r07 has a property.
+    assert [r[1:4] for r in kept if r[0] == day + 1 and r[1].startswith("property:")] == [
+        ("property:feature", "search", 1)
+    ]
+    with postgres.connect(postgres_db) as conn:
+        conn.autocommit = True
+        conn.execute("DELETE FROM requests WHERE request_id IN ('r01', 'r06')")
+        kept_and_built(postgres_db)
+        conn.execute("UPDATE requests SET user_id = 'dave', cost_usd = 0.5 WHERE request_id = 'r02'")
+        conn.execute("UPDATE requests SET properties = '{\"reviewed\": \"yes\"}' WHERE request_id = 'r03'")
+        kept = kept_and_built(postgres_db)
+        assert [r[3] for r in kept if r[1:3] == ("user", "dave")] == [1]
+        assert [r[3] for r in kept if r[1:3] == ("property:reviewed", "yes")] == [1]
+        conn.execute("TRUNCATE requests")
+        assert kept_and_built(postgres_db) == []
+
+
+def test_reports_read_it_where_it_answers(postgres_db: str) -> None:
+    load_postgres(postgres_db)
+    by = catalog.parse_dimensions
+    conn = query.connect(postgres_db)
+    try:
+        for name, opts in [
+            ("cost", {"by": by("user")}),
+            ("cost", {"by": by("session"), "since": catalog.parse_when("2d")}),
+            ("cost", {"by": by("property:feature"), "tz": "Asia/Kolkata"}),
+            ("cost", {"by": by("user"), "user": ["alice", "bob"]}),
+            ("cache", {}),
+            ("cache", {"by": by("property:env"), "until": catalog.parse_when("2025-06-02")}),
+            ("summary", {"properties": [("feature", "search")]}),
+            ("summary", {"session": ["s1"]}),
+        ]:
+            assert rollup_by.TABLE in catalog.prepare(conn, name, catalog.Options(**opts), NOW).sql, (
+                name,
+                opts,
+            )
+        for name, opts in [
+            ("cost", {"by": by("user,model")}),
+            ("cost", {"by": by("user"), "model": ["gpt-4o"]}),
+            ("cost", {"by": by("user"), "session": ["s1"]}),
+            ("cost", {"by": by("rating")}),
+            ("cache", {"by": by("day")}),
+            ("cache", {"sample_pct": 50.0}),
+            ("summary", {"user": ["alice"], "properties": [("feature", "search")]}),
+            ("summary", {"properties": [("feature", "search"), ("env", "prod")]}),
+            ("summary", {"rating": "up"}),
+            ("latency", {"by": by("user")}),
+        ]:
+            assert rollup_by.TABLE not in catalog.prepare(conn, name, catalog.Options(**opts), NOW).sql, (
+                name,
+                opts,
+            )
+    finally:
+        conn.close()
+
+
+# Calls with and without a property, where those without it know no tokens, cost or savings: the
+# reports' sums over them are NULL, which the rollup must give too (not the 0 a difference gives).
+SPARSE = [
+    ("a1", "2025-06-01 10:00:00", "openai", "gpt-4o", "u1", None, None, None, '{"team": "x"}', 200, None,
+     100, None, 10, 5, "0.001", "MISS", None, None, None, None),
+    ("a2", "2025-06-01 10:05:00", "openai", "gpt-4o", "u1", None, None, None, '{"team": "x"}', 200, None,
+     50, None, 10, 5, "0", "HIT", "a1", "0.001", None, None),
+    ("a3", "2025-06-02 11:00:00", "openai", "gpt-4o", "u2", None, None, None, "{}", None, "upstream reset",
+     30, None, None, None, None, "MISS", None, None, None, None),
+    ("a4", "2025-06-02 12:00:00", "openai", "gpt-4o", None, None, None, None, '{"team": null}', 500,
+     "upstream 500", 20, None, None, None, None, None, None, None, None, None),
+]  # fmt: skip
+
+
+@pytest.fixture
+def sparse(postgres_db: str, tmp_path: Path) -> tuple[str, str]:
+    marks = {"?": ", ".join("?" * len(SPARSE[0])), "%s": ", ".join(["%s"] * len(SPARSE[0]))}
+    path = tmp_path / "sparse.duckdb"
+    rows = [[r[0], datetime.fromisoformat(r[1]).replace(tzinfo=UTC), *r[2:]] for r in SPARSE]
+    with duckdb.connect(str(path)) as conn:
+        migrate(conn)
+        conn.executemany(f"INSERT INTO requests ({COLUMNS}) VALUES ({marks['?']})", rows)
+    with postgres.connect(postgres_db) as conn:
+        conn.autocommit = True
+        postgres.migrate(conn)
+        conn.execute("CREATE TABLE requests_all PARTITION OF requests DEFAULT")
+        with conn.cursor() as cur:
+            cur.executemany(f"INSERT INTO requests ({COLUMNS}) VALUES ({marks['%s']})", rows)
+    return str(path), postgres_db
+
+
+def test_groups_whose_sums_know_no_value_are_null(sparse: tuple[str, str]) -> None:
+    file, url = sparse
+    now = datetime(2025, 6, 3, 9, 0, tzinfo=UTC)
+    team = catalog.parse_dimensions("property:team")
+    cost = fetch(url, "cost", now, by=team)
+    assert cost == fetch(file, "cost", now, by=team)
+    # x: a1 and a2; NULL: a3 (no property) and a4 (a JSON null), neither with tokens or a cost.
+    assert cost[1] == [
+        ("x", 2, 20, 10, D("0.001"), 0, D("0.001")),
+        (None, 2, None, None, None, 2, None),
+    ]
+    cache = fetch(url, "cache", now, by=team)
+    assert cache == fetch(file, "cache", now, by=team)
+    assert cache[1] == [("x", 1, 1, 50.0, D("0.001"), None), (None, 0, 1, 0.0, None, None)]
+    for opts in ({"user": ["u2"]}, {"properties": [("team", "x")]}, {"properties": [("team", "y")]}):
+        summary = fetch(url, "summary", now, **opts)
+        assert summary == fetch(file, "summary", now, **opts), opts
+    assert fetch(url, "summary", now, user=["u2"])[1] == [(1, None, None, None, 1, 1, 100.0, 0, 0.0, None)]
+    assert fetch(url, "summary", now, properties=[("team", "y")])[1] == [
+        (0, None, None, None, 0, 0, None, 0, None, None)
+    ]
+
+
+@pytest.mark.parametrize("until", [None, "2025-06-02", "2025-06-01 10:30", "2025-06-03 08:00:05"])
+def test_the_most_recent_sessions_come_from_a_recent_stretch(
+    both_files: tuple[str, str], until: str | None
+) -> None:
+    """Postgres picks the sessions among those active in the shortest recent stretch holding
+    --limit of them; the answer is the one from grouping every call (DuckDB's)."""
+    file, url = both_files
+    opts: dict[str, Any] = {"until": catalog.parse_when(until)} if until else {}
+    for limit in (1, 2, 3, 4):
+        assert fetch(url, "sessions", NOW, limit=limit, **opts) == fetch(
+            file, "sessions", NOW, limit=limit, **opts
+        )
+    conn = query.connect(url)
+    try:
+        sql = catalog.prepare(conn, "sessions", catalog.Options(limit=1), NOW).sql
+    finally:
+        conn.close()
+    assert "WHERE session_id IN (SELECT session_id FROM r WHERE created_at >=" in sql
+
+
+@pytest.fixture(scope="module")
+def both_files(postgres_cluster, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    path = tmp_path_factory.mktemp("sessions") / "tap.duckdb"
+    with duckdb.connect(str(path)) as conn:
+        migrate(conn)
+        load(conn)
+    url = postgres_cluster.create_database("recent_sessions")
+    load_postgres(url)
+    return str(path), url
