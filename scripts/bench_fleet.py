@@ -54,6 +54,7 @@ from tests.unit import samples  # noqa: E402
 TARGET_REDIS_ADDED_MS = 0.3
 TARGET_REPORT_S = 1.0
 POLICY = {"Helicone-RateLimit-Policy": "1000000;w=60"}
+FEATURES = ["chat", "search", "summarize", "classify", "extract", "agent", "autocomplete", "translate"]
 
 
 @dataclass
@@ -147,15 +148,21 @@ def workers(
 
 
 def realistic_rows(n: int) -> list[tuple]:
-    """Rows with ~4 KB of bodies: pooled prompts and answers plus unique text (scaleout.md §4)."""
+    """Rows with ~4 KB of bodies: pooled prompts and answers plus unique text (scaleout.md §4);
+    users, sessions and properties spread as in bench_reports' data set (2,000 users, sessions of
+    ~200 calls, two properties), so the rollups' triggers see as many groups per batch as there."""
     rng = random.Random(7)
     prompts = ["".join(rng.choices("abcdefghij ", k=2400)) for _ in range(200)]
     answers = ["".join(rng.choices("klmnopqrst ", k=700)) for _ in range(500)]
     base = to_row(samples.capture())
+    at = {name: COLUMNS.index(name) for name in ("user_id", "session_id", "properties")}
     rows = []
     for i in range(n):
         row = list(base)
         row[0] = f"bench-{i:09d}"
+        row[at["user_id"]] = f"user-{int(2000 ** rng.random())}"  # log-uniform, as bench_reports'
+        row[at["session_id"]] = f"session-{i // 200 * 8 + rng.randrange(8)}"  # 8 interleaved at a time
+        row[at["properties"]] = f'{{"feature": "{rng.choice(FEATURES)}", "env": "prod"}}'
         row[COLUMNS.index("request_body")] = (
             f'{{"system": "{rng.choice(prompts)}", "user": "{i} {"u" * 500}"}}'
         )

@@ -211,3 +211,29 @@ def both_files(postgres_cluster, tmp_path_factory: pytest.TempPathFactory) -> tu
     url = postgres_cluster.create_database("recent_sessions")
     load_postgres(url)
     return str(path), url
+
+
+def test_a_model_user_session_or_property_of_any_length_is_written(postgres_db: str) -> None:
+    """A btree entry holds at most 2,704 bytes: the rollups' keys hold md5s and the session index
+    is a hash, so a call naming a 6,000-character model (or user, session, property) is written
+    with its batch, and counted under its own name."""
+    rows = writer_rows()
+    long = "".join(chr(0x4E00 + (k * 7919) % 20000) for k in range(6000))  # incompressible
+    at = COLUMNS_AT
+    row = list(rows[0])
+    row[at["model"]], row[at["user_id"]], row[at["session_id"]] = long, long + "u", long + "s"
+    row[at["properties"]] = f'{{"{long}": "{long}"}}'
+    sink = postgres.PostgresSink(postgres_db)
+    sink.write([tuple(row), *rows[1:]], [])
+    sink.close()
+    kept = kept_and_built(postgres_db)
+    assert sum(r[3] for r in kept if r[1] == "provider") == 12
+    assert [(r[1], r[2], r[3]) for r in kept if r[2] is not None and len(r[2]) >= 6000] == [
+        ("model", long, 1),
+        (f"property:{long}", long, 1),
+        ("session", long + "s", 1),
+        ("user", long + "u", 1),
+    ]
+    from tests.unit.test_rollup import pg_rollup
+
+    assert [r[2] for r in pg_rollup(postgres_db) if len(r[2] or "") >= 6000] == [long]

@@ -87,7 +87,9 @@ def _rows(
     the range's edges."""
     since, until, lo, hi = span
     chosen = f"value IN ({', '.join(p(v) for v in values)})" if values else None
-    whole = [f"dim IN ({', '.join(p(d) for d in dims)})", f"day < {p(hi)}"]
+    named = [p(d) for d in dims]
+    whole = [f"md5(dim) IN ({', '.join(f'md5({n})' for n in named)})", f"dim IN ({', '.join(named)})"]
+    whole.append(f"day < {p(hi)}")  # md5(dim): the key's first column (storage/rollup_by.py)
     whole += [*([f"day >= {p(lo)}"] if lo is not None else []), *([chosen] if chosen else [])]
     names = ", ".join(table.NAMES)
     parts = [f"SELECT {names} FROM {table.TABLE} WHERE {' AND '.join(whole)}"]

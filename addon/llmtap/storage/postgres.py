@@ -217,18 +217,22 @@ MIGRATIONS: list[tuple[str, str]] = [
     # (storage/rollup.py says why and how); built here from the calls already logged. Needs
     # Postgres 15 (UNIQUE NULLS NOT DISTINCT).
     ("p004_rollup", rollup.postgres_ddl()),
+    # A model name longer than a btree entry allows (2,704 bytes) failed its batch: the key holds
+    # its md5 (storage/rollup.py).
+    ("p005_rollup_key", rollup.postgres_key()),
     (
         # `top` reads the costliest calls first, and `sessions` the calls of the sessions it shows,
-        # rather than every call (reports/catalog.py).
-        "p005_report_indexes",
+        # rather than every call (reports/catalog.py). A hash index takes a session id of any
+        # length, where a btree entry holds at most 2,704 bytes.
+        "p006_report_indexes",
         """
         CREATE INDEX requests_cost ON requests (cost_usd DESC, created_at DESC, request_id)
             WHERE cost_usd IS NOT NULL;
-        CREATE INDEX requests_session ON requests (session_id, created_at) WHERE session_id IS NOT NULL;
+        CREATE INDEX requests_session ON requests USING hash (session_id) WHERE session_id IS NOT NULL;
         """,
     ),
     # The daily rollup by user, session, property, model and provider (storage/rollup_by.py).
-    ("p006_rollup_by_day", rollup_by.postgres_ddl()),
+    ("p007_rollup_by_day", rollup_by.postgres_ddl()),
 ]
 
 

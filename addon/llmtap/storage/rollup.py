@@ -71,37 +71,60 @@ def postgres_ddl() -> str:
     trust it (a count of 10M rows takes most of a second in Postgres). `TRUNCATE requests` empties
     it. Statements on one month's partition rather than on `requests` (a DROP, DETACH, TRUNCATE or
     DELETE there) fire no trigger of the parent's: README, Fleet mode, says what to do then."""
+    columns = ", ".join(f"{n} {_PG_TYPES[k]}" for n, _, k, _ in MEASURES)
+    statements = [
+        f"CREATE TABLE {TABLE} (qb bigint NOT NULL, provider text, model text, proxy_id text, {columns},"
+        f" UNIQUE NULLS NOT DISTINCT {_P004_KEY});",
+        _upsert(_P004_KEY)("requests", ""),
+    ]
+    return "\n".join(statements + statement_triggers("llmtap_rollup", TABLE, _upsert(_P004_KEY)))
+
+
+def postgres_key() -> str:
+    """Migration p005: the key held the model name as sent, and a btree entry holds at most 2,704
+    bytes, so one call naming a longer model failed its writer's every try of its batch. The key
+    holds the name's md5 instead, and the triggers' functions use it."""
+    return "\n".join([
+        f"ALTER TABLE {TABLE} DROP CONSTRAINT requests_15m_qb_provider_model_proxy_id_key;",
+        f"CREATE UNIQUE INDEX requests_15m_key ON {TABLE} {KEY} NULLS NOT DISTINCT;",
+        *statement_triggers("llmtap_rollup", TABLE, _upsert(KEY), functions_only=True),
+    ])  # fmt: skip
+
+
+_P004_KEY = "(qb, provider, model, proxy_id)"
+KEY = "(qb, provider, md5(model), proxy_id)"  # since p005
+_PG_TYPES = {"HUGEINT": "bigint", "BIGINT NOT NULL": "bigint NOT NULL", "DECIMAL(38, 9)": "numeric(38, 9)"}
+
+
+def _upsert(key: str) -> Callable[[str, str], str]:
+    """The statement adding (sign '') or taking away (sign '-') the sums of the calls in a source."""
     names = ", ".join(NAMES[:3] + ("proxy_id",) + NAMES[3:])
-    kinds = {"HUGEINT": "bigint", "BIGINT NOT NULL": "bigint NOT NULL", "DECIMAL(38, 9)": "numeric(38, 9)"}
-    columns = ", ".join(f"{n} {kinds[k]}" for n, _, k, _ in MEASURES)
     update = ", ".join(
         f"{n} = t.{n} + excluded.{n}" if "NOT NULL" in k
         else f"{n} = coalesce(t.{n} + excluded.{n}, t.{n}, excluded.{n})"  # NULL: nothing known yet
         for n, _, k, _ in MEASURES
     )  # fmt: skip
 
-    def rows(source: str, sign: str) -> str:  # sign: '' to add a statement's rows, '-' to take away
-        measures = ", ".join(f"{sign}CAST({sql} AS {kinds[k].removesuffix(' NOT NULL')})"
+    def rows(source: str, sign: str) -> str:
+        measures = ", ".join(f"{sign}CAST({sql} AS {_PG_TYPES[k].removesuffix(' NOT NULL')})"
                              for _, sql, k, _ in MEASURES)  # fmt: skip
         return (
             f"INSERT INTO {TABLE} AS t ({names})"
             f" SELECT epoch_us(created_at) // {BUCKET_US}, provider, model, proxy_id, {measures}"
             f" FROM {source} GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"  # one lock order: no deadlock
-            f" ON CONFLICT (qb, provider, model, proxy_id) DO UPDATE SET {update};"
+            f" ON CONFLICT {key} DO UPDATE SET {update};"
         )
 
-    statements = [
-        f"CREATE TABLE {TABLE} (qb bigint NOT NULL, provider text, model text, proxy_id text, {columns},"
-        f" UNIQUE NULLS NOT DISTINCT (qb, provider, model, proxy_id));",
-        rows("requests", ""),
-    ]
-    return "\n".join(statements + statement_triggers("llmtap_rollup", TABLE, rows))
+    return rows
 
 
-def statement_triggers(prefix: str, table: str, rows: Callable[[str, str], str]) -> list[str]:
+def statement_triggers(
+    prefix: str, table: str, rows: Callable[[str, str], str], functions_only: bool = False
+) -> list[str]:
     """The four statement-level triggers on `requests` that keep a rollup `table`: `rows(source,
     sign)` is the statement adding (sign '') or taking away (sign '-') the sums of the calls in
-    `source`, a transition table; a row whose calls reach 0 is deleted."""
+    `source`, a transition table; a row whose calls reach 0 is deleted. `functions_only`: replace
+    the functions of triggers that exist."""
     emptied = f"DELETE FROM {table} WHERE calls = 0;"
     bodies = {
         "insert": ("INSERT", "NEW TABLE AS new_rows", rows("new_rows", "")),
@@ -114,13 +137,14 @@ def statement_triggers(prefix: str, table: str, rows: Callable[[str, str], str])
     for what, (event, tables, body) in bodies.items():
         name = f"{prefix}_{what}"
         statements.append(
-            f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql"
-            f" AS $$ BEGIN {body} RETURN NULL; END $$;"
+            f"CREATE {'OR REPLACE ' if functions_only else ''}FUNCTION {name}() RETURNS trigger"
+            f" LANGUAGE plpgsql AS $$ BEGIN {body} RETURN NULL; END $$;"
         )
-        statements.append(
-            f"CREATE TRIGGER {name} AFTER {event} ON requests {f'REFERENCING {tables} ' if tables else ''}"
-            f"FOR EACH STATEMENT EXECUTE FUNCTION {name}();"
-        )
+        if not functions_only:
+            statements.append(
+                f"CREATE TRIGGER {name} AFTER {event} ON requests"
+                f" {f'REFERENCING {tables} ' if tables else ''}FOR EACH STATEMENT EXECUTE FUNCTION {name}();"
+            )
     return statements
 
 

@@ -14,7 +14,7 @@ is exact, every sum is stored with the count of the values it adds (a sum with n
 the reports, as SQL's `sum` gives it), and sums are kept NOT NULL (0 when none is known).
 
 Triggers keep it as they keep the 15-minute rollup (rollup.statement_triggers): every statement
-on `requests`, in its own transaction. Migration p006 creates it and builds it from the calls.
+on `requests`, in its own transaction. Migration p007 creates it and builds it from the calls.
 """
 
 from __future__ import annotations
@@ -48,6 +48,9 @@ MEASURES: tuple[tuple[str, str, str], ...] = (
     ("cache_saved_ms_known", f"count(latency_saved_ms) FILTER (WHERE {LOOKUP})", "bigint"),
 )
 NAMES = ("day", "dim", "value", *(m[0] for m in MEASURES))
+# md5s, not the text: a btree entry holds at most 2,704 bytes, and a user id, a session id, a
+# property's name or value can be longer (an entry too long fails the writer's whole batch).
+KEY = "(md5(dim), day, md5(value), proxy_id)"
 
 
 def rows_sql(source: str, where: str = "true", dims: tuple[str, ...] | None = None, sign: str = "") -> str:
@@ -71,7 +74,7 @@ def rows_sql(source: str, where: str = "true", dims: tuple[str, ...] | None = No
 
 
 def postgres_ddl() -> str:
-    """The table, built from the calls logged so far, and its triggers (migration p006: what it
+    """The table, built from the calls logged so far, and its triggers (migration p007: what it
     creates is fixed there)."""
     names = ", ".join(("day", "dim", "value", "proxy_id", *(m[0] for m in MEASURES)))
     columns = ", ".join(f"{name} {kind} NOT NULL" for name, _, kind in MEASURES)
@@ -81,14 +84,15 @@ def postgres_ddl() -> str:
         return (
             f"INSERT INTO {TABLE} AS t ({names}) {rows_sql(source, sign=sign)}"
             " ORDER BY 2, 1, 3, 4"  # one lock order: no deadlock between writers
-            f" ON CONFLICT (dim, day, value, proxy_id) DO UPDATE SET {update};"
+            f" ON CONFLICT {KEY} DO UPDATE SET {update};"
         )
 
-    create = (
+    create = [
         f"CREATE TABLE {TABLE} (day bigint NOT NULL, dim text NOT NULL, value text, proxy_id text,"
-        f" {columns}, UNIQUE NULLS NOT DISTINCT (dim, day, value, proxy_id));"  # read by dim and days
-    )
-    return "\n".join([create, add("requests", ""), *rollup.statement_triggers("llmtap_by_day", TABLE, add)])
+        f" {columns});",
+        f"CREATE UNIQUE INDEX {TABLE}_key ON {TABLE} {KEY} NULLS NOT DISTINCT;",  # read by dim and days
+    ]
+    return "\n".join([*create, add("requests", ""), *rollup.statement_triggers("llmtap_by_day", TABLE, add)])
 
 
 def _literal(text: str) -> str:
