@@ -1,7 +1,8 @@
-"""The daily rollup by dimension of a fleet's Postgres log (storage/rollup_by.py), and the recent
-stretch the `sessions` report picks its sessions from: kept by triggers through every kind of
-write, read where it answers, and giving DuckDB's answers (value for value, NULLs included; the
-whole matrix of reports and filters is test_reports_postgres')."""
+"""The daily rollups of a fleet's Postgres log, by dimension (storage/rollup_by.py) and of failed
+calls (storage/rollup_errors.py), and the recent stretch the `sessions` report picks its sessions
+from: kept by triggers through every kind of write, read where they answer, and giving DuckDB's
+answers (value for value, NULLs included; the whole matrix of reports and filters is
+test_reports_postgres')."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import duckdb
 import pytest
 
 from llmtap.reports import catalog
-from llmtap.storage import postgres, query, rollup_by
+from llmtap.storage import postgres, query, rollup_by, rollup_errors
 from llmtap.storage.migrations import migrate
 from tests.unit.test_catalog import COLUMNS, load
 from tests.unit.test_reports_postgres import NOW, fetch, load_postgres
@@ -237,3 +238,77 @@ def test_a_model_user_session_or_property_of_any_length_is_written(postgres_db: 
     from tests.unit.test_rollup import pg_rollup
 
     assert [r[2] for r in pg_rollup(postgres_db) if len(r[2] or "") >= 6000] == [long]
+
+
+def errors_kept_and_built(url: str) -> list[tuple[Any, ...]]:
+    """errors_by_day summed over proxies, checked against the same rows built from the calls."""
+    groups = ", ".join(rollup_errors.GROUPS)
+    sums = "sum(calls), sum(rate_limited), sum(retries), max(last_seen)"
+    built = rollup_errors.rows_sql("requests")
+    with postgres.connect(url, read_only=True) as conn:
+        conn.execute("SET TimeZone = 'UTC'")
+        order = "GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5"
+        kept = conn.execute(f"SELECT day, {groups}, {sums} FROM {rollup_errors.TABLE} {order}").fetchall()
+        again = conn.execute(
+            f"SELECT day, {groups}, {sums} FROM ({built}) AS b({', '.join(rollup_errors.NAMES)}) {order}"
+        ).fetchall()
+    assert kept == again
+    return kept
+
+
+def test_failed_calls_are_kept_through_every_kind_of_write(postgres_db: str) -> None:
+    """Two proxies' COPYs, then a later failure of the same kind (the group's last_seen moves on),
+    its DELETE (last_seen goes back, read again from the calls), an UPDATE that mends a failure
+    and a TRUNCATE: after each, the table is what the failed calls add up to."""
+    rows = writer_rows()
+    at = COLUMNS_AT["proxy_id"]
+    sink = postgres.PostgresSink(postgres_db)
+    sink.write([r[:at] + ("proxy-0",) + r[at + 1 :] for r in rows[:7]], [])
+    sink.write([r[:at] + ("proxy-1",) + r[at + 1 :] for r in rows[7:]], [])
+    sink.close()
+    day = int(datetime(2025, 6, 1, tzinfo=UTC).timestamp()) // 86400
+    # r05: llmtap's own 429; r07: an upstream 500 retried twice; r10: a disconnect, no status.
+    assert errors_kept_and_built(postgres_db) == [
+        (day, "anthropic", "claude-3-5-sonnet", 429, "rate limited by llmtap", 1, 1, 0,
+         datetime(2025, 6, 1, 11, 0, 30, tzinfo=UTC)),
+        (day + 1, "openai", "gpt-4o-mini", 500, "upstream 500", 1, 0, 2,
+         datetime(2025, 6, 2, 9, 30, tzinfo=UTC)),
+        (day + 2, "google", "gemini-1.5-pro", None, "client disconnected", 1, 0, 0,
+         datetime(2025, 6, 3, 8, 0, 10, tzinfo=UTC)),
+    ]  # fmt: skip
+    with postgres.connect(postgres_db) as conn:
+        conn.autocommit = True
+        conn.execute(
+            "INSERT INTO requests (request_id, created_at, provider, model, status, error, retries,"
+            " proxy_id) VALUES ('r13', '2025-06-02 10:00+00', 'openai', 'gpt-4o-mini', 500, 'upstream 500',"
+            " 1, 'proxy-0')"
+        )
+        assert errors_kept_and_built(postgres_db)[1][5:] == (2, 0, 3, datetime(2025, 6, 2, 10, tzinfo=UTC))
+        conn.execute("DELETE FROM requests WHERE request_id = 'r13'")
+        assert errors_kept_and_built(postgres_db)[1][5:] == (1, 0, 2, datetime(2025, 6, 2, 9, 30, tzinfo=UTC))
+        conn.execute("UPDATE requests SET status = 200, error = NULL WHERE request_id = 'r07'")
+        assert [r[3] for r in errors_kept_and_built(postgres_db)] == [429, None]
+        conn.execute("TRUNCATE requests")
+        assert errors_kept_and_built(postgres_db) == []
+
+
+def test_errors_read_the_failed_calls_rollup_where_it_answers(postgres_db: str) -> None:
+    load_postgres(postgres_db)
+    by = catalog.parse_dimensions
+    conn = query.connect(postgres_db)
+    try:
+        for opts in [
+            {},
+            {"by": by("model"), "since": catalog.parse_when("2d")},
+            {"by": by("provider,model"), "provider": ["openai"], "tz": "Asia/Kolkata"},
+            {"until": catalog.parse_when("2025-06-02"), "limit": 1},
+        ]:
+            assert rollup_errors.TABLE in catalog.prepare(conn, "errors", catalog.Options(**opts), NOW).sql, (
+                opts
+            )
+        for opts in [{"by": by("day")}, {"by": by("user")}, {"user": ["alice"]}, {"rating": "down"}]:
+            assert (
+                rollup_errors.TABLE not in catalog.prepare(conn, "errors", catalog.Options(**opts), NOW).sql
+            ), opts
+    finally:
+        conn.close()

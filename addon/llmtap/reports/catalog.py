@@ -220,9 +220,9 @@ def prepare(conn: duckdb.DuckDBPyConnection, name: str, opts: Options, now: date
     _set_timezone(conn, opts.tz)
     p = _Params(dialect.of(conn))
     if p.sql.postgres:  # a fleet's log: its rollups where they answer
-        from llmtap.reports import rollup, rollup_by  # (which build on this module)
+        from llmtap.reports import rollup, rollup_by, rollup_errors  # (which build on this module)
 
-        for source in (rollup, rollup_by):
+        for source in (rollup, rollup_by, rollup_errors):
             if (fast := source.report(conn, name, opts, now, by)) is not None:
                 return fast
     where = _where(conn, opts, p, now)

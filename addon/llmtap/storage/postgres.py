@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from llmtap.accounting.record import COLUMNS, TYPES, Annotation, annotation_rows
-from llmtap.storage import rollup, rollup_by
+from llmtap.storage import rollup, rollup_by, rollup_errors
 
 SCHEMES = ("postgresql://", "postgres://")
 CONNECT_TIMEOUT = 3  # seconds: a down server must not hold a flush (or a shutdown) for long
@@ -233,6 +233,8 @@ MIGRATIONS: list[tuple[str, str]] = [
     ),
     # The daily rollup by user, session, property, model and provider (storage/rollup_by.py).
     ("p007_rollup_by_day", rollup_by.postgres_ddl()),
+    # The daily rollup of failed calls the `errors` report reads (storage/rollup_errors.py).
+    ("p008_errors_by_day", rollup_errors.postgres_ddl()),
 ]
 
 

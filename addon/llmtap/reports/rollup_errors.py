@@ -1,0 +1,68 @@
+"""The `errors` report on a fleet's Postgres log from the daily rollup of failed calls
+(storage/rollup_errors.py), grouped by status and error, and by model or provider when asked,
+filtered on time, provider and model; None otherwise (the caller reads the calls).
+
+Same columns, order and values as catalog._errors over the calls (test_reports_postgres compares
+them): whole UTC days come from the rollup, the partial days at the range's edges from the calls.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import duckdb
+
+from llmtap.reports import catalog, dialect
+from llmtap.reports import rollup as fifteen
+from llmtap.storage import query, rollup_by
+from llmtap.storage import rollup_errors as table
+
+KINDS = ("model", "provider")
+
+
+def report(
+    conn: duckdb.DuckDBPyConnection,
+    name: str,
+    opts: catalog.Options,
+    now: datetime,
+    by: list[catalog.Dimension],
+) -> catalog.Report | None:
+    """The report from the rollup, or None where the calls must be read (TimeZone set already)."""
+    if name != "errors" or not dialect.of(conn).postgres or opts.sample_pct:
+        return None
+    if not all(d.kind in KINDS for d in by) or not fifteen.usable(opts, "day"):
+        return None
+    span = fifteen.whole_buckets(conn, opts, now, rollup_by.DAY_US)
+    if span is None or query.fetch(conn, f"SELECT to_regclass('{table.TABLE}') IS NULL")[1] == [(True,)]:
+        return None
+    p = catalog._Params(dialect.POSTGRES)
+    keys = [d.kind for d in by] + ["status", "error"]
+    shown = ", ".join(query.quote_ident(k) for k in keys)
+    limit = f"\nLIMIT {p(opts.limit)}" if opts.limit else ""
+    sql = f"""WITH {_rows(p, opts, span)}
+SELECT {shown}, CAST(sum(calls) AS BIGINT) AS calls, CAST(sum(rate_limited) AS BIGINT) AS rate_limited,
+       CAST(sum(retries) AS BIGINT) AS retries, max(last_seen) AS last_seen
+FROM u
+GROUP BY {shown}
+ORDER BY calls DESC, {", ".join(f"{query.quote_ident(k)} ASC NULLS LAST" for k in keys)}{limit}"""
+    return catalog.Report(name, sql, p.values, "rows")
+
+
+def _rows(
+    p: catalog._Params, opts: catalog.Options, span: tuple[datetime | None, datetime | None, int | None, int]
+) -> str:
+    """`u`: the rollup's rows for the whole days, and the same rows from the calls at the edges."""
+    since, until, lo, hi = span
+    filters = fifteen._filters(opts, p)
+    whole = [f"day < {p(hi)}", *([f"day >= {p(lo)}"] if lo is not None else []), *filters]
+    names = ", ".join(table.NAMES)
+    parts = [f"SELECT {names} FROM {table.TABLE} WHERE {' AND '.join(whole)}"]
+    day_of = lambda k: fifteen._at(k, rollup_by.DAY_US)  # noqa: E731
+    edges = [[f"created_at >= {p(day_of(hi))}", *([f"created_at < {p(until)}"] if until else [])]]
+    if since is not None and lo is not None:
+        edges.append([f"created_at >= {p(since)}", f"created_at < {p(day_of(lo))}"])
+    for edge in edges:
+        parts.append(
+            f"SELECT * FROM ({table.rows_sql('requests', ' AND '.join([*edge, *filters]))}) AS e({names})"
+        )
+    return "u AS (\n" + "\nUNION ALL\n".join(parts) + "\n)"
