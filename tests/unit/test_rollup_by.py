@@ -104,6 +104,8 @@ def test_reports_read_it_where_it_answers(postgres_db: str) -> None:
             ("cache", {"by": by("property:env"), "until": catalog.parse_when("2025-06-02")}),
             ("summary", {"properties": [("feature", "search")]}),
             ("summary", {"session": ["s1"]}),
+            ("cost", {"by": by("rating"), "since": catalog.parse_when("2d")}),
+            ("cache", {"by": by("score:accuracy")}),
         ]:
             assert rollup_by.TABLE in catalog.prepare(conn, name, catalog.Options(**opts), NOW).sql, (
                 name,
@@ -113,7 +115,8 @@ def test_reports_read_it_where_it_answers(postgres_db: str) -> None:
             ("cost", {"by": by("user,model")}),
             ("cost", {"by": by("user"), "model": ["gpt-4o"]}),
             ("cost", {"by": by("user"), "session": ["s1"]}),
-            ("cost", {"by": by("rating")}),
+            ("cost", {"by": by("rating"), "user": ["alice"]}),
+            ("cost", {"by": by("score:accuracy"), "rating": "up"}),
             ("cache", {"by": by("day")}),
             ("cache", {"sample_pct": 50.0}),
             ("summary", {"user": ["alice"], "properties": [("feature", "search")]}),
@@ -151,13 +154,29 @@ def sparse(postgres_db: str, tmp_path: Path) -> tuple[str, str]:
     with duckdb.connect(str(path)) as conn:
         migrate(conn)
         conn.executemany(f"INSERT INTO requests ({COLUMNS}) VALUES ({marks['?']})", rows)
+        conn.executemany("INSERT INTO feedback VALUES (?, ?, ?)", SPARSE_FEEDBACK)
+        conn.executemany("INSERT INTO scores VALUES (?, ?, ?, ?)", SPARSE_SCORES)
     with postgres.connect(postgres_db) as conn:
         conn.autocommit = True
         postgres.migrate(conn)
         conn.execute("CREATE TABLE requests_all PARTITION OF requests DEFAULT")
         with conn.cursor() as cur:
             cur.executemany(f"INSERT INTO requests ({COLUMNS}) VALUES ({marks['%s']})", rows)
+            cur.executemany("INSERT INTO feedback VALUES (%s, %s, %s)", SPARSE_FEEDBACK)
+            cur.executemany("INSERT INTO scores VALUES (%s, %s, %s, %s)", SPARSE_SCORES)
     return str(path), postgres_db
+
+
+AT = datetime(2025, 6, 3, 9, 0, tzinfo=UTC)
+# a1 up then down then up again; a3 down; an id no call has.
+SPARSE_FEEDBACK = [("a1", True, AT), ("a1", False, AT.replace(minute=1)), ("a1", True, AT.replace(minute=2)),
+                   ("a3", False, AT), ("nope", True, AT)]  # fmt: skip
+SPARSE_SCORES = [
+    ("a2", "q", 5, AT),
+    ("a4", "q", 7, AT),
+    ("a4", "q", 9, AT.replace(minute=1)),
+    ("a1", "r", 1, AT),
+]
 
 
 def test_groups_whose_sums_know_no_value_are_null(sparse: tuple[str, str]) -> None:
@@ -178,6 +197,26 @@ def test_groups_whose_sums_know_no_value_are_null(sparse: tuple[str, str]) -> No
         summary = fetch(url, "summary", now, **opts)
         assert summary == fetch(file, "summary", now, **opts), opts
     assert fetch(url, "summary", now, user=["u2"])[1] == [(1, None, None, None, 1, 1, 100.0, 0, 0.0, None)]
+    # The rated calls are read by id, the others are the totals less them.
+    rating, q = catalog.parse_dimensions("rating"), catalog.parse_dimensions("score:q")
+    since = catalog.parse_when("2025-06-02")
+    for opts in ({"by": rating}, {"by": q}, {"by": rating, "since": since}, {"by": q, "since": since}):
+        assert fetch(url, "cost", now, **opts) == fetch(file, "cost", now, **opts), opts
+        assert fetch(url, "cache", now, **opts) == fetch(file, "cache", now, **opts), opts
+    assert fetch(url, "cost", now, by=rating)[1] == [
+        ("up", 1, 10, 5, D("0.001"), 0, None),
+        (None, 2, 10, 5, D("0"), 1, D("0.001")),
+        ("down", 1, None, None, None, 1, None),
+    ]
+    assert fetch(url, "cost", now, by=rating, since=since)[1] == [
+        ("down", 1, None, None, None, 1, None),
+        (None, 1, None, None, None, 1, None),
+    ]
+    assert fetch(url, "cost", now, by=q)[1] == [  # q: a2 5, a4 9 (its latest); a1 and a3 none
+        (None, 2, 10, 5, D("0.001"), 1, None),
+        (5, 1, 10, 5, D("0"), 0, D("0.001")),
+        (9, 1, None, None, None, 1, None),
+    ]
     assert fetch(url, "summary", now, properties=[("team", "y")])[1] == [
         (0, None, None, None, 0, 0, None, 0, None, None)
     ]

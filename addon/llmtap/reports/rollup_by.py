@@ -1,6 +1,7 @@
 """`cost` and `cache` grouped by one user, session, property, model or provider dimension, and
 `summary` filtered on one, from the daily rollup by dimension of a fleet's Postgres log
-(storage/rollup_by.py).
+(storage/rollup_by.py); and grouped by rating or score, from the rated calls read by id and the
+rollup's totals.
 
 Same columns, same values as the reports over the calls (test_reports_postgres compares them):
 whole UTC days come from the rollup, the partial days at the range's edges from the calls. Only
@@ -33,7 +34,8 @@ def report(
     """The report from the rollup, or None where the calls must be read (TimeZone set already)."""
     if name not in ("summary", "cost", "cache") or not dialect.of(conn).postgres or opts.sample_pct:
         return None
-    asked = _asked(name, opts, by)
+    rated = _rated(name, opts, by)
+    asked = ("provider", None) if rated else _asked(name, opts, by)
     if asked is None:
         return None
     dim, values = asked
@@ -43,7 +45,7 @@ def report(
     p = catalog._Params(dialect.POSTGRES)
     need_rest = name != "summary" and dim.startswith(table.PROPERTY)  # the calls without the property
     rows = _rows(p, span, (dim, "provider") if need_rest else (dim,), values)
-    groups = _groups(p, dim, values, need_rest)
+    groups = _rated_groups(p, rated, span) if rated else _groups(p, dim, values, need_rest)
     if name == "summary":
         return catalog.Report(name, f"WITH {rows},\n{groups}\n{_SUMMARY}", p.values, "one")
     label = catalog._grouping(by, catalog._Params(), _TAKEN[name]).columns[0][1]
@@ -55,6 +57,14 @@ def report(
         f"SELECT * FROM _o\nORDER BY {order}, {key} ASC NULLS LAST{limit}"
     )
     return catalog.Report(name, sql, p.values, "rows")
+
+
+def _rated(name: str, opts: catalog.Options, by: list[catalog.Dimension]) -> catalog.Dimension | None:
+    """--by rating or score:NAME, with no filter but the range."""
+    if name == "summary" or len(by) != 1 or by[0].kind not in ("rating", "score"):
+        return None
+    others = opts.provider or opts.model or opts.user or opts.session or opts.properties
+    return None if others or opts.rating is not None or opts.scores else by[0]
 
 
 def _asked(
@@ -122,6 +132,42 @@ def _groups(p: catalog._Params, dim: str, values: list[str] | None, need_rest: b
             "\nHAVING sum(CASE WHEN dim = 'provider' THEN calls ELSE -calls END) > 0"
         )
     return f"_v AS (\n{sql}\n)"
+
+
+def _rated_groups(
+    p: catalog._Params, by: catalog.Dimension, span: tuple[datetime | None, datetime | None, int | None, int]
+) -> str:
+    """`_v` for --by rating or score:NAME: the rated (or scored) calls' sums read through their
+    ids, a few percent of the calls, and the others' as the row whose value is NULL: the totals
+    (`u`'s provider rows, one per call) less the rated ones."""
+    since, until, _, _ = span
+    within = [
+        *([f"c.created_at >= {p(since)}"] if since else []),
+        *([f"c.created_at < {p(until)}"] if until else []),
+    ]
+    if by.kind == "rating":
+        key, source = "CASE f.rating WHEN true THEN 'up' WHEN false THEN 'down' END", "latest_feedback AS f"
+    else:
+        key, source = (
+            "f.value",
+            f"(SELECT request_id, value FROM latest_scores WHERE name = {p(by.arg)}) AS f",
+        )
+    names = [m[0] for m in table.MEASURES]
+    measures = ", ".join(f"CAST({sql} AS {kind}) AS {name}" for name, sql, kind in table.MEASURES)
+    call = " AND ".join(["c.request_id = f.request_id", *within])  # one index probe per rated call
+    return f"""_r AS (
+SELECT {key} AS value, {measures}
+FROM {source} CROSS JOIN LATERAL (SELECT * FROM requests AS c WHERE {call}) AS r
+GROUP BY 1
+),
+_v AS (
+SELECT * FROM _r
+UNION ALL
+SELECT NULL, {", ".join(f"sum({n})" for n in names)}
+FROM (SELECT {", ".join(names)} FROM u WHERE dim = 'provider'
+      UNION ALL SELECT {", ".join(f"-{n}" for n in names)} FROM _r) AS d
+HAVING sum(calls) > 0
+)"""
 
 
 # The reports' columns (catalog.COST_MEASURES, catalog._cache, catalog._summary) from the sums;
