@@ -17,12 +17,14 @@ process; a real redis-server and a throwaway Postgres cluster started here, as t
 - **Postgres ingest**: the writer's sink (`storage/postgres.PostgresSink`, COPY in one transaction
   per batch of 5,000) on rows with ~4 KB of bodies (a 2.4 KB system prompt from a pool of 200 plus
   unique user text, a 700 B answer from a pool of 500 plus unique text, as in
-  shared/reference/scaleout.md), rows built before the clock starts; and `to_row` (parsing,
-  pricing) per row for scale, since the writer does both.
+  shared/reference/scaleout.md), users, sessions and properties spread as in bench_reports.py's
+  data set (so the rollups' triggers see as many groups per batch), rows built before the clock
+  starts, into a fresh database with every migration; and `to_row` (parsing, pricing) per row for
+  scale, since the writer does both.
 
 - **Reports on Postgres**: bench_reports.py's synthetic data set (default 10M rows; `--rows`),
-  generated in a DuckDB file as there, copied into Postgres (CSV, COPY; the rollup's triggers
-  build `requests_15m` as the rows arrive, as they do for the writers), analysed; then every case
+  generated in a DuckDB file as there, copied into Postgres (CSV, COPY; the rollups' triggers
+  build them as the rows arrive, as they do for the writers), analysed; then every case
   of bench_reports.py's list, as a user runs it (`llmtap report ... --db postgresql://...`,
   in-process, CSV to a file), once after one warm-up run of the first, one run each (at 10M
   rows a report takes seconds on Postgres). Target: < 1 s each (TARGET_REPORT_S).

@@ -263,7 +263,7 @@ def test_a_detached_month_is_fixed_as_the_readme_says(postgres_db: str) -> None:
     """Detaching (or dropping) a partition fires no trigger of the parent's; the README's statements
     then take the month out of both rollups (they are read from the README, so both stay true)."""
     from tests.unit.test_reports_postgres import load_postgres
-    from tests.unit.test_rollup_by import kept_and_built
+    from tests.unit.test_rollup_by import errors_kept_and_built, kept_and_built
 
     readme = " ".join((Path(__file__).parents[2] / "README.md").read_text().split())
     fix = readme.split("e.g. `DELETE FROM requests_15m", 1)[1].split("`", 1)[0]
@@ -276,7 +276,11 @@ def test_a_detached_month_is_fixed_as_the_readme_says(postgres_db: str) -> None:
         assert left == 12  # what the trigger could not see
         [(by_day,)] = conn.execute("SELECT sum(calls) FROM requests_by_day WHERE dim = 'provider'").fetchall()
         assert by_day == 12
+        [(failed,)] = conn.execute("SELECT sum(calls) FROM errors_by_day").fetchall()
+        assert failed == 3
         conn.execute(f"DELETE FROM requests_15m {fix}")
         conn.execute(f"DELETE FROM requests_by_day {fix_by_day}")
+        conn.execute(f"DELETE FROM errors_by_day {fix_by_day}")  # "the same condition"
     assert pg_rollup(postgres_db) == []
     assert kept_and_built(postgres_db) == []
+    assert errors_kept_and_built(postgres_db) == []
