@@ -15,9 +15,13 @@ Overview painted, all charts, < 1.5 s in headless Chromium; the page's own asset
   top lists below the charts come after it);
 - assets: gzip -9 of what the page loads (index.html, app.js, style.css, uPlot's JS and CSS).
 
+With `--postgres` the same data set is copied into a throwaway Postgres cluster (bench_fleet.py's
+copy: the rollups' triggers build them as the rows arrive, then VACUUM ANALYZE) and the dashboard
+reads that fleet log instead, as a role that may only SELECT (the SQL page refuses any other).
+
 Targets print PASS/MISS; the exit code is 0 unless something crashes (a measurement, not a test).
 
-    python scripts/bench_ui.py [--quick] [--rows N] [--json FILE] [--keep]
+    python scripts/bench_ui.py [--quick] [--rows N] [--postgres] [--json FILE] [--keep]
 """
 
 from __future__ import annotations
@@ -139,12 +143,16 @@ def asset_sizes() -> dict[str, int]:
 
 def run(args: Any) -> dict[str, Any]:
     rows = args.rows or (1_000_000 if args.quick else 10_000_000)
-    result: dict[str, Any] = {"rows": rows}
+    result: dict[str, Any] = {"rows": rows, "postgres": args.postgres}
     with workspace("bench-ui", args.keep) as ws:
         db = ws.tmp / "bench.duckdb"
         ws.log(f"generating {rows:,} rows in {db} ...")
         result["generate"] = bench_reports.generate(db, rows)
-        httpd = standalone._Server(0, db)
+        pg = None
+        target: str | Path = db
+        if args.postgres:
+            pg, target = postgres_copy(ws, db)
+        httpd = standalone._Server(0, target)
         threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
         where = f"127.0.0.1:{httpd.server_address[1]}"
         try:
@@ -153,8 +161,26 @@ def run(args: Any) -> dict[str, Any]:
         finally:
             httpd.shutdown()
             httpd.server_close()
+            if pg is not None:
+                pg.remove()
     result["assets_gzip_bytes"] = asset_sizes()
     return result
+
+
+def postgres_copy(ws: Any, file: Path) -> tuple[Any, str]:
+    """The file's rows in a new Postgres cluster; the server and a SELECT-only role's URL."""
+    import bench_fleet
+
+    from llmtap.storage import postgres
+    from tests.servers import PostgresServer
+
+    pg = PostgresServer().start()
+    url = pg.create_database("ui")
+    ws.log(f"copied into Postgres in {bench_fleet.copy_to_postgres(file, url, ws.tmp):.0f} s")
+    with postgres.connect(url) as conn:
+        conn.autocommit = True
+        conn.execute("CREATE ROLE llmtap_ui LOGIN; GRANT SELECT ON ALL TABLES IN SCHEMA public TO llmtap_ui")
+    return pg, url.replace("postgres@", "llmtap_ui@", 1)
 
 
 def report(r: dict[str, Any]) -> str:
@@ -163,7 +189,8 @@ def report(r: dict[str, Any]) -> str:
     paint = r["paint"].get("median_ms", float("nan"))
     assets = sum(r["assets_gzip_bytes"].values()) / 1024
     out = [
-        f"llmtap dashboard on {r['rows']:,} synthetic rows (bench_reports' data set), one run",
+        f"llmtap dashboard on {r['rows']:,} synthetic rows (bench_reports' data set)"
+        f"{' in Postgres' if r.get('postgres') else ''}, one run",
         "",
         f"{'target':<46}{'measured':>16}  {'target':<10}",
         f"{'endpoints < 300 ms (median of 5)':<46}{f'{ok}/{len(r["endpoints"])}':>16}  {'all':<10}"
@@ -187,6 +214,7 @@ def report(r: dict[str, Any]) -> str:
 def main() -> None:
     parser = arguments(__doc__, keep="the DuckDB file", quick="1M rows, about a minute")
     parser.add_argument("--rows", type=int, help="synthetic requests rows (default 10,000,000; --quick 1M)")
+    parser.add_argument("--postgres", action="store_true", help="read the data set from a Postgres log")
     args = parser.parse_args()
     result = run(args)
     print(report(result))

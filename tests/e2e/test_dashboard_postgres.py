@@ -134,12 +134,15 @@ def same_json(where: str, path: str) -> Any:
 
 
 def test_sampled_latency_runs_on_postgres(pg_ui: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Past LATENCY_ROWS calls the percentiles come from a stable hash sample; Postgres hashes with
-    its own function (other calls than DuckDB's sample, the same share)."""
-    monkeypatch.setattr(views, "LATENCY_ROWS", 5)
-    first = same_json(pg_ui, f"/api/ui/overview?{RANGE}&tz=UTC")
-    assert first["latency_sample_pct"] == round(100 * 5 / 12, 2)
-    assert same_json(pg_ui, f"/api/ui/overview?{RANGE}&tz=UTC")["latency"] == first["latency"]  # stable
+    """Past LATENCY_ROWS_POSTGRES calls the percentiles come from a stable sample: of the calls
+    whose created_at hashes low (Postgres' own hash: other calls than DuckDB's, the same share), or
+    up to 10 % of whole pages (TABLESAMPLE SYSTEM, repeatable)."""
+    for budget, sampled in ((5, "% 1000000 < 416667"), (1, "TABLESAMPLE SYSTEM (8.333333) REPEATABLE (0)")):
+        monkeypatch.setattr(views, "LATENCY_ROWS_POSTGRES", budget)
+        first = same_json(pg_ui, f"/api/ui/overview?{RANGE}&tz=UTC")
+        assert first["latency_sample_pct"] == round(100 * budget / 12, 2)
+        assert sampled in first["sql"]["latency"]
+        assert same_json(pg_ui, f"/api/ui/overview?{RANGE}&tz=UTC")["latency"] == first["latency"]  # stable
 
 
 def test_the_requests_log_pages_alike(ui: str, pg_ui: str) -> None:  # noqa: F811

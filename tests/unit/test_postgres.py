@@ -136,7 +136,7 @@ def test_writers_starting_together_migrate_once(postgres_db: str) -> None:
     assert sorted(results) == [[], [], [], [name for name, _ in postgres.MIGRATIONS]]
     assert pg_rows(postgres_db, "SELECT name FROM _llmtap_migrations ORDER BY 1") == [
         ("p001_requests",), ("p002_report_support",), ("p003_views",), ("p004_rollup",),
-        ("p005_rollup_key",), ("p006_report_indexes",), ("p007_rollup_by_day",), ("p008_errors_by_day",),
+        ("p005_rollup_key",), ("p006_read_indexes",), ("p007_rollup_by_day",), ("p008_errors_by_day",),
     ]  # fmt: skip
 
 

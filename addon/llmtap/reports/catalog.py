@@ -303,18 +303,19 @@ def _rows_cte(
 ) -> str:
     """`r`: the filtered rows, inlined wherever used (DuckDB then reads only the columns needed).
 
-    `sample_pct` keeps that share of the rows, picked by a hash of created_at rather than at
-    random: every read of `r` keeps the same rows (`_tb` reads it again), and so does the next
-    refresh of a chart, which then does not jitter."""
-    conds = list(where)
+    `sample_pct` keeps that share of the rows, a stable sample rather than a random one
+    (dialect.sampled): every read of `r` keeps the same rows (`_tb` reads it again), and so does
+    the next refresh of a chart, which then does not jitter."""
+    conds, table = list(where), "requests"
     if sample_pct is not None:
         if not 0 < sample_pct <= 100:
             raise ReportError(f"sample must be a percentage above 0 and at most 100, got {sample_pct}")
-        conds.append(f"{sql.sample('epoch_us(created_at)')} < {round(sample_pct * 10_000)}")
+        table, keep = sql.sampled(table, float(sample_pct))
+        conds += [keep] if keep else []
     cond = " AND ".join(conds) or "true"
     return (
         f"r AS NOT MATERIALIZED (SELECT *, epoch_us(created_at) // {_BUCKET_US} AS _qb"
-        f" FROM requests WHERE {cond})"
+        f" FROM {table} WHERE {cond})"
     )
 
 

@@ -60,11 +60,22 @@ class Dialect:
         """One row per key of a JSON object (a set-returning select item)."""
         return f"jsonb_object_keys({expr})" if self.postgres else f"unnest(json_keys({expr}))"
 
-    def sample(self, expr: str) -> str:
-        """A stable hash of a BIGINT, from 0 to 999,999: the same rows are kept on every read."""
+    def sampled(self, table: str, pct: float) -> tuple[str, str | None]:
+        """`table` read for a stable sample of `pct` percent of its rows (the same rows on every
+        read), and the condition that keeps them, if any: the rows whose created_at hashes low.
+        Postgres reads every row of the range for that (~0.25 s per million here), so up to 10 %
+        it reads that share of the pages instead (a page holds consecutive calls), picked by
+        block number, the same pages as the table grows. That share is of the whole months the
+        range touches, so past 10 % reading the range costs less."""
+        if self.postgres and pct <= 10:
+            return f"{table} TABLESAMPLE SYSTEM ({pct:.6f}) REPEATABLE (0)", None
+        below = round(pct * 10_000)
         if self.postgres:
-            return f"(hashint8extended({expr}, 0) & 9223372036854775807) % 1000000"
-        return f"hash({expr}) % 1000000"
+            return (
+                table,
+                f"(hashint8extended(epoch_us(created_at), 0) & 9223372036854775807) % 1000000 < {below}",
+            )
+        return table, f"hash(epoch_us(created_at)) % 1000000 < {below}"
 
 
 DUCKDB = Dialect("duckdb")

@@ -221,11 +221,14 @@ MIGRATIONS: list[tuple[str, str]] = [
     # its md5 (storage/rollup.py).
     ("p005_rollup_key", rollup.postgres_key()),
     (
-        # `top` reads the costliest calls first, and `sessions` the calls of the sessions it shows,
-        # rather than every call (reports/catalog.py). A hash index takes a session id of any
-        # length, where a btree entry holds at most 2,704 bytes.
-        "p006_report_indexes",
+        # What readers walk rather than read every call: the Requests log newest first, a page
+        # after a (created_at, request_id) cursor (ui/, reports/catalog.log_page; BRIN gives no
+        # order, so each page of a 90-day range sorted 10M rows, ~5 s); `top` the costliest calls
+        # first; `sessions` the calls of the sessions it shows (reports/catalog.py). A hash index
+        # takes a session id of any length, where a btree entry holds at most 2,704 bytes.
+        "p006_read_indexes",
         """
+        CREATE INDEX requests_newest ON requests (created_at, request_id);
         CREATE INDEX requests_cost ON requests (cost_usd DESC, created_at DESC, request_id)
             WHERE cost_usd IS NOT NULL;
         CREATE INDEX requests_session ON requests USING hash (session_id) WHERE session_id IS NOT NULL;
