@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import duckdb
 
 from llmtap.reports import catalog, dialect, output, rollup
-from llmtap.storage import postgres, query
+from llmtap.storage import postgres, query, rollup_by
 
 Target = str | Path  # a DuckDB file, or a Postgres URL (a fleet's log)
 
@@ -459,7 +459,17 @@ def property_keys(db: Target) -> list[str]:
     """The property names in use, for the Properties page's picker."""
 
     def work(conn: duckdb.DuckDBPyConnection) -> list[str]:
-        keys = dialect.of(conn).object_keys("properties")
+        sql = dialect.of(conn)
+        if sql.postgres and query.fetch(conn, f"SELECT to_regclass('{rollup_by.TABLE}')")[1] != [(None,)]:
+            # A fleet's log: from its daily rollup, which holds every property name once a day,
+            # where reading every call's properties took ~3 s over 10M (and kept the Overview's
+            # stack picker, so its charts, waiting).
+            named = f"dim LIKE '{rollup_by.PROPERTY}%'"
+            from_rollup = (
+                f"SELECT DISTINCT substr(dim, {len(rollup_by.PROPERTY) + 1}) AS k FROM {rollup_by.TABLE}"
+            )
+            return [r[0] for r in query.fetch(conn, f"{from_rollup} WHERE {named} ORDER BY k")[1]]
+        keys = sql.object_keys("properties")
         _, rows = query.fetch(conn, f"SELECT DISTINCT {keys} AS k FROM requests"
                               " WHERE properties IS NOT NULL ORDER BY k")  # fmt: skip
         return [r[0] for r in rows]
