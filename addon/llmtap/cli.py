@@ -92,6 +92,14 @@ def _parser() -> argparse.ArgumentParser:
     schema.add_argument("--out", type=Path, help="write to this file (e.g. docs/schema.md) instead of stdout")
     schema.set_defaults(func=cmd_schema)
 
+    migrate = sub.add_parser(
+        "migrate",
+        help="apply the database's pending migrations now (the first writer would otherwise, with its"
+        " rows waiting: minutes on a large fleet log)",
+    )
+    migrate.add_argument("--db", default=DEFAULT_DB, help="DuckDB file or postgresql:// URL (env LLMTAP_DB)")
+    migrate.set_defaults(func=cmd_migrate)
+
     rules_cmd = sub.add_parser("rules", help="check a rules file")
     rules_sub = rules_cmd.add_subparsers(required=True, metavar="ACTION")
     check = rules_sub.add_parser("check", help="validate a rules file and print the effective rules")
@@ -351,6 +359,36 @@ def cmd_report(args: argparse.Namespace) -> int:
     finally:
         conn.close()
     _write(args, catalog.render(report, columns, rows, args.format))
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Apply the pending migrations and say which, and how long they took: on a large Postgres log
+    an upgrade builds indexes and rollups over every call, under the lock the writers wait on."""
+    import time
+
+    from llmtap.storage import migrations, postgres
+
+    start = time.monotonic()
+    if postgres.is_url(args.db):
+        import psycopg
+
+        try:
+            with postgres.connect(args.db) as conn:
+                conn.autocommit = True
+                names = postgres.migrate(conn)
+        except psycopg.Error as e:
+            raise query.QueryError(f"cannot migrate {query.shown(args.db)}: {str(e).strip()}") from e
+    else:
+        import duckdb
+
+        try:
+            with duckdb.connect(str(args.db)) as conn:
+                names = migrations.migrate(conn)
+        except duckdb.Error as e:
+            raise query.QueryError(f"cannot migrate {args.db}: {e}") from e
+    took = time.monotonic() - start
+    print(f"applied {', '.join(names)} in {took:.1f} s" if names else "nothing to apply: up to date")
     return 0
 
 

@@ -351,3 +351,55 @@ def test_errors_read_the_failed_calls_rollup_where_it_answers(postgres_db: str) 
             ), opts
     finally:
         conn.close()
+
+
+def test_llmtap_migrate_upgrades_a_log_from_the_15_minute_rollup_alone(
+    postgres_db: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A log at the last release's schema (p001-p004) with calls in it: `llmtap migrate` re-keys
+    the 15-minute rollup and builds the new ones from the calls logged; the writers' next batch is
+    counted once in each; a second run has nothing to do."""
+    from llmtap.cli import main
+    from tests.unit.test_rollup import pg_rollup
+
+    rows = writer_rows()
+    with monkeypatch.context() as m:
+        m.setattr(postgres, "MIGRATIONS", postgres.MIGRATIONS[:4])
+        sink = postgres.PostgresSink(postgres_db)
+        sink.write(rows[:8], [])
+        sink.close()
+    assert main(["migrate", "--db", postgres_db]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(
+        "applied p005_rollup_key, p006_read_indexes, p007_rollup_by_day, p008_errors_by_day in "
+    )
+    assert sum(r[3] for r in kept_and_built(postgres_db) if r[1] == "provider") == 8
+    assert sum(r[5] for r in errors_kept_and_built(postgres_db)) == 2  # r05 and r07
+    sink = postgres.PostgresSink(postgres_db)
+    sink.write(rows[8:], [])
+    sink.close()
+    assert sum(r[3] for r in pg_rollup(postgres_db)) == 12
+    assert sum(r[3] for r in kept_and_built(postgres_db) if r[1] == "provider") == 12
+    assert sum(r[5] for r in errors_kept_and_built(postgres_db)) == 3
+    assert main(["migrate", "--db", postgres_db]) == 0
+    assert capsys.readouterr().out == "nothing to apply: up to date\n"
+
+
+def test_llmtap_migrate_a_duckdb_file_and_an_unreachable_server(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from llmtap.cli import main
+    from llmtap.storage.migrations import MIGRATIONS
+
+    file = tmp_path / "tap.duckdb"
+    assert main(["migrate", "--db", str(file)]) == 0
+    assert capsys.readouterr().out.startswith(f"applied {', '.join(fn.__name__ for fn in MIGRATIONS)} in ")
+    assert main(["migrate", "--db", str(file)]) == 0
+    assert capsys.readouterr().out == "nothing to apply: up to date\n"
+    from tests.servers import free_port
+
+    url = f"postgresql://llmtap:secret@127.0.0.1:{free_port()}/x"
+    assert main(["migrate", "--db", url]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"llmtap: cannot migrate postgresql://llmtap:***@127.0.0.1:{url.split(':')[3]}")
+    assert "secret" not in err
