@@ -5,7 +5,7 @@ The public surface, kept small and stable (everything else may move between rele
 - `mitmdump -s addon/tap.py`: the entry script, and the `llmtap_*` mitmdump options it declares
   (`llmtap.options`, listed by `mitmdump --options`);
 - the `llmtap` command (`llmtap.cli`): `proxy`, `report`, `sql`, `feedback`, `score`,
-  `property`, `cache`, `rules`, `schema`, `demo`, `run`, `env`, `ca`, `ui`;
+  `property`, `cache`, `rules`, `schema`, `migrate`, `demo`, `run`, `env`, `ca`, `ui`;
 - `llmtap.log(...)`: log a call made without the proxy through a running proxy's local API;
 - `__version__`.
 

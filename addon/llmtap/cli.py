@@ -367,26 +367,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     an upgrade builds indexes and rollups over every call, under the lock the writers wait on."""
     import time
 
-    from llmtap.storage import migrations, postgres
+    from llmtap.storage import writer
 
     start = time.monotonic()
-    if postgres.is_url(args.db):
-        import psycopg
-
-        try:
-            with postgres.connect(args.db) as conn:
-                conn.autocommit = True
-                names = postgres.migrate(conn)
-        except psycopg.Error as e:
-            raise query.QueryError(f"cannot migrate {query.shown(args.db)}: {str(e).strip()}") from e
-    else:
-        import duckdb
-
-        try:
-            with duckdb.connect(str(args.db)) as conn:
-                names = migrations.migrate(conn)
-        except duckdb.Error as e:
-            raise query.QueryError(f"cannot migrate {args.db}: {e}") from e
+    names = writer.migrate_now(args.db)
     took = time.monotonic() - start
     print(f"applied {', '.join(names)} in {took:.1f} s" if names else "nothing to apply: up to date")
     return 0

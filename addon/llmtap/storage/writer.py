@@ -383,6 +383,25 @@ def annotate_file(path: str, request_id: str, notes: list[Annotation], what: str
         write_annotations(conn, notes)
 
 
+def migrate_now(target: str | Path) -> list[str]:
+    """Apply a DuckDB file's or a Postgres log's pending migrations (`llmtap migrate`); the names
+    applied. A QueryError says why not."""
+    if postgres.is_url(target):
+        import psycopg
+
+        try:
+            with postgres.connect(str(target)) as conn:
+                conn.autocommit = True
+                return postgres.migrate(conn)
+        except psycopg.Error as e:
+            raise QueryError(f"cannot migrate {redact_url(str(target))}: {str(e).strip()}") from e
+    try:
+        with duckdb.connect(str(target)) as conn:
+            return migrate(conn)
+    except duckdb.Error as e:
+        raise QueryError(f"cannot migrate {target}: {e}") from e
+
+
 def _annotate_postgres(url: str, request_id: str, notes: list[Annotation]) -> None:
     import psycopg
 
