@@ -403,3 +403,23 @@ def test_llmtap_migrate_a_duckdb_file_and_an_unreachable_server(
     err = capsys.readouterr().err
     assert err.startswith(f"llmtap: cannot migrate postgresql://llmtap:***@127.0.0.1:{url.split(':')[3]}")
     assert "secret" not in err
+
+
+def test_calls_logged_after_now_count_in_the_rollups_answers(both_files: tuple[str, str]) -> None:
+    """A clock ahead of the reader's: with `now` before the last calls, a --since range read from
+    the rollups (its buckets found without reading the rows) still counts them, as the calls do."""
+    file, url = both_files
+    early = datetime(2025, 6, 3, 7, 0, tzinfo=UTC)  # r09-r12 come after it
+    since = catalog.parse_when("2d")
+    for name, by in [
+        ("summary", ""),
+        ("cost", "day"),
+        ("cost", "hour,model"),
+        ("cost", "user"),
+        ("errors", ""),
+    ]:
+        opts: dict[str, Any] = {"since": since, "tz": "America/New_York"}
+        if by:
+            opts["by"] = catalog.parse_dimensions(by)
+        assert fetch(url, name, early, **opts) == fetch(file, name, early, **opts), (name, by)
+    assert fetch(url, "summary", early, since=since)[1][0][0] == 12  # r01-r08 before it, r09-r12 after

@@ -100,7 +100,7 @@ def _window(
     if not _trusted(conn, opts, lo, hi):
         return None
     p = catalog._Params()
-    return p, _rows(opts, p, since, until, lo, hi)
+    return p, f"{_rows(opts, p, since, until, lo, hi)},\n_qbs AS ({_bucket_set(p, since, until, now)})"
 
 
 def whole_buckets(
@@ -196,12 +196,28 @@ SELECT CAST(coalesce(sum(calls), 0) AS BIGINT) AS calls,
 FROM u"""
 
 
+def _bucket_set(p: catalog._Params, since: datetime | None, until: datetime | None, now: datetime) -> str:
+    """`_qbs`: the buckets `u`'s rows can fall in, found without reading `u` (which is then read
+    once, where a second reader made Postgres store it first: ~40 % of a 1M-call Overview query):
+    with a --since, every bucket of the range and, with an open end, those of any call after
+    `now`; without one, the buckets `u` holds (as catalog._buckets does for the calls)."""
+    first = _us(since) // table.BUCKET_US if since is not None else None
+    last = (_us(until) - 1 if until is not None else _us(now)) // table.BUCKET_US
+    if first is None or not 0 <= last - first <= catalog._RANGE_BUCKETS:
+        return "SELECT DISTINCT qb FROM u"
+    window = f"SELECT range AS qb FROM range({p(first)}, {p(last + 1)})"
+    if until is not None:
+        return window
+    later = f"SELECT DISTINCT epoch_us(created_at) // {table.BUCKET_US} FROM requests"
+    return f"{window} UNION ALL {later} WHERE created_at >= {p(_at(last + 1))}"
+
+
 def _buckets() -> str:
     """Each bucket's local day and hour (the session's TimeZone), as the reports find them."""
     seconds = table.BUCKET_US // 1_000_000
     return (
         f"_tb AS (SELECT qb, CAST(date_trunc('day', to_timestamp(qb * {seconds})) AS DATE) AS day,"
-        f" date_trunc('hour', to_timestamp(qb * {seconds})) AS hour FROM (SELECT DISTINCT qb FROM u) AS _q)"
+        f" date_trunc('hour', to_timestamp(qb * {seconds})) AS hour FROM _qbs AS _q)"
     )
 
 
