@@ -25,13 +25,15 @@ from .test_catalog import Out, T, load, run
 
 
 @pytest.fixture(scope="module")
-def both(postgres_cluster, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:  # type: ignore[no-untyped-def]
-    """The data set in a DuckDB file and in a Postgres database."""
+def both(
+    postgres_cluster, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    """The data set in a DuckDB file and in a Postgres database (one per module that uses it)."""
     path = tmp_path_factory.mktemp("reports") / "tap.duckdb"
     with duckdb.connect(str(path)) as conn:
         migrate(conn)
         load(conn)
-    url = postgres_cluster.create_database("reports_equal")
+    url = postgres_cluster.create_database(f"reports_equal_{request.module.__name__.rsplit('.', 1)[-1]}")
     load_postgres(url)
     return str(path), url
 

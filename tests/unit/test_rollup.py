@@ -188,20 +188,26 @@ def pg_rollup(url: str) -> list[tuple[Any, ...]]:
     return kept
 
 
-def test_postgres_triggers_keep_the_rollup_through_every_kind_of_write(postgres_db: str) -> None:
-    """The writers' COPY (two proxies, so two rollup rows for one bucket), a retried batch whose
-    commit had gone through (only the rows it inserted count), a DELETE, an UPDATE and a TRUNCATE by
-    hand: after each, the rollup is what the calls add up to."""
-    rows = writer_rows()
+def write_as_two_proxies(url: str, rows: list[tuple[Any, ...]]) -> None:
+    """The first 7 rows through proxy-0's sink, as a batch retried after its first two rows were
+    committed, then the rest through proxy-1's."""
+    at = COLUMNS_AT["proxy_id"]
     mine, theirs = (
-        [r[: COLUMNS_AT["proxy_id"]] + (proxy,) + r[COLUMNS_AT["proxy_id"] + 1 :] for r in part]
+        [r[:at] + (proxy,) + r[at + 1 :] for r in part]
         for proxy, part in (("proxy-0", rows[:7]), ("proxy-1", rows[7:]))
     )
-    sink = postgres.PostgresSink(postgres_db)
+    sink = postgres.PostgresSink(url)
     sink.write(mine[:2], [])
     sink.write(mine, [])  # the retry of a batch whose first two rows were committed
     sink.write(theirs, [])
     sink.close()
+
+
+def test_postgres_triggers_keep_the_rollup_through_every_kind_of_write(postgres_db: str) -> None:
+    """The writers' COPY (two proxies, so two rollup rows for one bucket), a retried batch whose
+    commit had gone through (only the rows it inserted count), a DELETE, an UPDATE and a TRUNCATE by
+    hand: after each, the rollup is what the calls add up to."""
+    write_as_two_proxies(postgres_db, writer_rows())
     kept = pg_rollup(postgres_db)
     assert len(kept) == 8 and sum(r[3] for r in kept) == 12
     assert kept[0][:4] == (

@@ -17,9 +17,9 @@ import pytest
 from llmtap.reports import catalog
 from llmtap.storage import postgres, query, rollup_by, rollup_errors
 from llmtap.storage.migrations import migrate
-from tests.unit.test_catalog import COLUMNS, load
-from tests.unit.test_reports_postgres import NOW, fetch, load_postgres
-from tests.unit.test_rollup import COLUMNS_AT, writer_rows
+from tests.unit.test_catalog import COLUMNS
+from tests.unit.test_reports_postgres import NOW, both, fetch, load_postgres  # noqa: F401 (a fixture)
+from tests.unit.test_rollup import COLUMNS_AT, write_as_two_proxies, writer_rows
 
 
 def kept_and_built(url: str) -> list[tuple[Any, ...]]:
@@ -45,16 +45,7 @@ def test_triggers_keep_it_through_every_kind_of_write(postgres_db: str) -> None:
     rows = writer_rows()
     at = COLUMNS_AT["properties"]
     odd = [rows[5][:at] + ('["a", "b"]',) + rows[5][at + 1 :], rows[7][:at] + ('"text"',) + rows[7][at + 1 :]]
-    rows = [*rows[:5], odd[0], rows[6], odd[1], *rows[8:]]
-    mine, theirs = (
-        [r[: COLUMNS_AT["proxy_id"]] + (proxy,) + r[COLUMNS_AT["proxy_id"] + 1 :] for r in part]
-        for proxy, part in (("proxy-0", rows[:7]), ("proxy-1", rows[7:]))
-    )
-    sink = postgres.PostgresSink(postgres_db)
-    sink.write(mine[:2], [])
-    sink.write(mine, [])  # the retry of a batch whose first two rows were committed
-    sink.write(theirs, [])
-    sink.close()
+    write_as_two_proxies(postgres_db, [*rows[:5], odd[0], rows[6], odd[1], *rows[8:]])
     kept = kept_and_built(postgres_db)
     day = int(datetime(2025, 6, 1, tzinfo=UTC).timestamp()) // 86400
     first = {(r[1], r[2]): r[3:] for r in kept if r[0] == day}
@@ -224,11 +215,12 @@ def test_groups_whose_sums_know_no_value_are_null(sparse: tuple[str, str]) -> No
 
 @pytest.mark.parametrize("until", [None, "2025-06-02", "2025-06-01 10:30", "2025-06-03 08:00:05"])
 def test_the_most_recent_sessions_come_from_a_recent_stretch(
-    both_files: tuple[str, str], until: str | None
+    both: tuple[str, str],  # noqa: F811 (the fixture)
+    until: str | None,
 ) -> None:
     """Postgres picks the sessions among those active in the shortest recent stretch holding
     --limit of them; the answer is the one from grouping every call (DuckDB's)."""
-    file, url = both_files
+    file, url = both
     opts: dict[str, Any] = {"until": catalog.parse_when(until)} if until else {}
     for limit in (1, 2, 3, 4):
         assert fetch(url, "sessions", NOW, limit=limit, **opts) == fetch(
@@ -240,17 +232,6 @@ def test_the_most_recent_sessions_come_from_a_recent_stretch(
     finally:
         conn.close()
     assert "WHERE session_id IN (SELECT session_id FROM r WHERE created_at >=" in sql
-
-
-@pytest.fixture(scope="module")
-def both_files(postgres_cluster, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:  # type: ignore[no-untyped-def]
-    path = tmp_path_factory.mktemp("sessions") / "tap.duckdb"
-    with duckdb.connect(str(path)) as conn:
-        migrate(conn)
-        load(conn)
-    url = postgres_cluster.create_database("recent_sessions")
-    load_postgres(url)
-    return str(path), url
 
 
 def test_a_model_user_session_or_property_of_any_length_is_written(postgres_db: str) -> None:
@@ -405,10 +386,10 @@ def test_llmtap_migrate_a_duckdb_file_and_an_unreachable_server(
     assert "secret" not in err
 
 
-def test_calls_logged_after_now_count_in_the_rollups_answers(both_files: tuple[str, str]) -> None:
+def test_calls_logged_after_now_count_in_the_rollups_answers(both: tuple[str, str]) -> None:  # noqa: F811
     """A clock ahead of the reader's: with `now` before the last calls, a --since range read from
     the rollups (its buckets found without reading the rows) still counts them, as the calls do."""
-    file, url = both_files
+    file, url = both
     early = datetime(2025, 6, 3, 7, 0, tzinfo=UTC)  # r09-r12 come after it
     since = catalog.parse_when("2d")
     for name, by in [
