@@ -46,6 +46,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [p for p in (str(HERE), str(HERE.parent / "addon"), str(HERE.parent)) if p not in sys.path]
 
 import benchkit as bk  # noqa: E402
+from bench_reports import FEATURES, USERS  # noqa: E402
 from benchkit import Samples, call, make_request, percentile  # noqa: E402
 
 from llmtap.accounting.record import COLUMNS, to_row  # noqa: E402
@@ -56,7 +57,6 @@ from tests.unit import samples  # noqa: E402
 TARGET_REDIS_ADDED_MS = 0.3
 TARGET_REPORT_S = 1.0
 POLICY = {"Helicone-RateLimit-Policy": "1000000;w=60"}
-FEATURES = ["chat", "search", "summarize", "classify", "extract", "agent", "autocomplete", "translate"]
 
 
 @dataclass
@@ -162,7 +162,7 @@ def realistic_rows(n: int) -> list[tuple]:
     for i in range(n):
         row = list(base)
         row[0] = f"bench-{i:09d}"
-        row[at["user_id"]] = f"user-{int(2000 ** rng.random())}"  # log-uniform, as bench_reports'
+        row[at["user_id"]] = f"user-{int(USERS ** rng.random())}"  # log-uniform, as bench_reports'
         row[at["session_id"]] = f"session-{i // 200 * 8 + rng.randrange(8)}"  # 8 interleaved at a time
         row[at["properties"]] = f'{{"feature": "{rng.choice(FEATURES)}", "env": "prod"}}'
         row[COLUMNS.index("request_body")] = (

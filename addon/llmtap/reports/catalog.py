@@ -367,22 +367,33 @@ def _grouping(by: Sequence[Dimension], p: _Params, taken: Sequence[str]) -> _Gro
 
 
 def _buckets(p: _Params) -> str:
-    """The 15-minute buckets the filtered rows can fall in: with a --since, every bucket of the
-    window (a range, no second read of the rows); with an open end, also those of any row after
-    `now` (a read of the newest rows only). Without a --since, the buckets the rows hold."""
+    """The 15-minute buckets the filtered rows can fall in (bucket_range over `r`)."""
     since, until, now = p.span or (None, None, datetime.now(UTC))
+    return bucket_range(p, since, until, now, "_qb", "SELECT DISTINCT _qb FROM r")
+
+
+def bucket_range(
+    p: _Params, since: datetime | None, until: datetime | None, now: datetime, name: str, held: str
+) -> str:
+    """The 15-minute buckets (column `name`) rows of a range can fall in, without a second read of
+    the rows: with a --since, every bucket of the window (a range) and, with an open end, those of
+    any call after `now` (a read of the newest calls only). Without a --since, `held`: the buckets
+    the rows hold (a SELECT DISTINCT over them)."""
     if since is None:
-        return "SELECT DISTINCT _qb FROM r"
+        return held
     us = timedelta(microseconds=1)
     lo = (since - _EPOCH) // us // _BUCKET_US
     hi = ((until - us if until is not None else now) - _EPOCH) // us // _BUCKET_US
     if not 0 <= hi - lo <= _RANGE_BUCKETS:
-        return "SELECT DISTINCT _qb FROM r"
-    window = f"SELECT range AS _qb FROM range({p(lo)}, {p(hi + 1)})"
+        return held
+    window = f"SELECT range AS {name} FROM range({p(lo)}, {p(hi + 1)})"
     if until is not None:
         return window
     later = _EPOCH + timedelta(microseconds=(hi + 1) * _BUCKET_US)
-    return f"{window} UNION ALL SELECT DISTINCT _qb FROM r WHERE created_at >= {p(later)}"
+    return (
+        f"{window} UNION ALL SELECT DISTINCT epoch_us(created_at) // {_BUCKET_US} FROM requests"
+        f" WHERE created_at >= {p(later)}"
+    )
 
 
 def _free_name(d: Dimension, used: set[str]) -> str:

@@ -21,7 +21,7 @@ from llmtap.storage import query
 from llmtap.storage import rollup_by as table
 
 KINDS = ("user", "session", "property", "model", "provider")
-_FILTERS = {"user": "user", "session": "session", "provider": "provider", "model": "model"}
+_FILTERS = ("user", "session", "provider", "model")  # Options fields, named as the dimensions
 
 
 def report(
@@ -40,7 +40,7 @@ def report(
         return None
     dim, values = asked
     span = fifteen.whole_buckets(conn, opts, now, table.DAY_US)
-    if span is None or query.fetch(conn, f"SELECT to_regclass('{table.TABLE}') IS NULL")[1] == [(True,)]:
+    if span is None or not query.has_table(conn, table.TABLE):
         return None
     p = catalog._Params(dialect.POSTGRES)
     need_rest = name != "summary" and dim.startswith(table.PROPERTY)  # the calls without the property
@@ -89,13 +89,13 @@ def _asked(
 
 def _rows(
     p: catalog._Params,
-    span: tuple[datetime | None, datetime | None, int | None, int],
+    span: fifteen.Span,
     dims: tuple[str, ...],
     values: list[str] | None,
 ) -> str:
     """`u`: the rollup's rows of `dims` for the whole days, and the same rows from the calls at
     the range's edges."""
-    since, until, lo, hi = span
+    _, _, lo, hi = span
     chosen = f"value IN ({', '.join(p(v) for v in values)})" if values else None
     named = [p(d) for d in dims]
     whole = [f"md5(dim) IN ({', '.join(f'md5({n})' for n in named)})", f"dim IN ({', '.join(named)})"]
@@ -103,16 +103,8 @@ def _rows(
     whole += [*([f"day >= {p(lo)}"] if lo is not None else []), *([chosen] if chosen else [])]
     names = ", ".join(table.NAMES)
     parts = [f"SELECT {names} FROM {table.TABLE} WHERE {' AND '.join(whole)}"]
-    edges = [
-        [
-            f"created_at >= {p(fifteen._at(hi, table.DAY_US))}",
-            *([f"created_at < {p(until)}"] if until else []),
-        ]
-    ]
-    if since is not None and lo is not None:
-        edges.append([f"created_at >= {p(since)}", f"created_at < {p(fifteen._at(lo, table.DAY_US))}"])
     columns = ", ".join((*table.NAMES[:3], "proxy_id", *table.NAMES[3:]))
-    for edge in edges:
+    for edge in fifteen.edges(p, span, table.DAY_US):
         calls = table.rows_sql("requests", " AND ".join([*edge, *(["d." + chosen] if chosen else [])]), dims)
         parts.append(f"SELECT {names} FROM ({calls}) AS e({columns})")
     return "u AS (\n" + "\nUNION ALL\n".join(parts) + "\n)"
@@ -134,9 +126,7 @@ def _groups(p: catalog._Params, dim: str, values: list[str] | None, need_rest: b
     return f"_v AS (\n{sql}\n)"
 
 
-def _rated_groups(
-    p: catalog._Params, by: catalog.Dimension, span: tuple[datetime | None, datetime | None, int | None, int]
-) -> str:
+def _rated_groups(p: catalog._Params, by: catalog.Dimension, span: fifteen.Span) -> str:
     """`_v` for --by rating or score:NAME: the rated (or scored) calls' sums read through their
     ids, a few percent of the calls, and the others' as the row whose value is NULL: the totals
     (`u`'s provider rows, one per call) less the rated ones."""

@@ -33,7 +33,7 @@ def report(
     if not all(d.kind in KINDS for d in by) or not fifteen.usable(opts, "day"):
         return None
     span = fifteen.whole_buckets(conn, opts, now, rollup_by.DAY_US)
-    if span is None or query.fetch(conn, f"SELECT to_regclass('{table.TABLE}') IS NULL")[1] == [(True,)]:
+    if span is None or not query.has_table(conn, table.TABLE):
         return None
     p = catalog._Params(dialect.POSTGRES)
     keys = [d.kind for d in by] + ["status", "error"]
@@ -48,20 +48,14 @@ ORDER BY calls DESC, {", ".join(f"{query.quote_ident(k)} ASC NULLS LAST" for k i
     return catalog.Report(name, sql, p.values, "rows")
 
 
-def _rows(
-    p: catalog._Params, opts: catalog.Options, span: tuple[datetime | None, datetime | None, int | None, int]
-) -> str:
+def _rows(p: catalog._Params, opts: catalog.Options, span: fifteen.Span) -> str:
     """`u`: the rollup's rows for the whole days, and the same rows from the calls at the edges."""
-    since, until, lo, hi = span
+    _, _, lo, hi = span
     filters = fifteen._filters(opts, p)
     whole = [f"day < {p(hi)}", *([f"day >= {p(lo)}"] if lo is not None else []), *filters]
     names = ", ".join(table.NAMES)
     parts = [f"SELECT {names} FROM {table.TABLE} WHERE {' AND '.join(whole)}"]
-    day_of = lambda k: fifteen._at(k, rollup_by.DAY_US)  # noqa: E731
-    edges = [[f"created_at >= {p(day_of(hi))}", *([f"created_at < {p(until)}"] if until else [])]]
-    if since is not None and lo is not None:
-        edges.append([f"created_at >= {p(since)}", f"created_at < {p(day_of(lo))}"])
-    for edge in edges:
+    for edge in fifteen.edges(p, span, rollup_by.DAY_US):
         parts.append(
             f"SELECT * FROM ({table.rows_sql('requests', ' AND '.join([*edge, *filters]))}) AS e({names})"
         )

@@ -241,9 +241,13 @@ MIGRATIONS: list[tuple[str, str]] = [
 ]
 
 
+def has_table(conn: Any, name: str) -> bool:
+    """Whether a table (or view) of that name exists: a migration's, on a log not yet migrated."""
+    return conn.execute("SELECT to_regclass(%s) IS NOT NULL", [name]).fetchone()[0]
+
+
 def applied(conn: Any) -> list[str]:
-    exists = conn.execute("SELECT to_regclass('_llmtap_migrations')").fetchone()[0]
-    if exists is None:
+    if not has_table(conn, "_llmtap_migrations"):
         return []
     return [r[0] for r in conn.execute("SELECT name FROM _llmtap_migrations ORDER BY name")]
 

@@ -120,6 +120,13 @@ def _fetch_postgres(conn: Any, sql: str, params: dict[str, Any] | None) -> tuple
         return postgres.fetch(conn, sql, params)
 
 
+def has_table(conn: Any, name: str) -> bool:
+    """Whether a fleet's Postgres log has a table (or view) of that name, e.g. a rollup a later
+    migration adds; a failure as a QueryError, as `fetch` gives it."""
+    with _postgres_errors(conn):
+        return postgres.has_table(conn, name)
+
+
 @contextmanager
 def _postgres_errors(conn: Any) -> Iterator[None]:
     """A Postgres error as a QueryError, its failed transaction rolled back for the next statement."""

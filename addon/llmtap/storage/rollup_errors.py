@@ -28,7 +28,6 @@ MEASURES: tuple[tuple[str, str, str], ...] = (
 NAMES = ("day", *GROUPS, "proxy_id", *(m[0] for m in MEASURES))
 # md5s, not the text: a btree entry holds at most 2,704 bytes (rollup_by.KEY).
 KEY = "(day, provider, md5(model), status, md5(error), proxy_id)"
-_SAME = " AND ".join(f"t.{c} IS NOT DISTINCT FROM k.{c}" for c in (*GROUPS, "proxy_id"))
 
 
 def rows_sql(source: str, where: str = "true", sign: str = "") -> str:
@@ -73,7 +72,6 @@ def _last_seen_again(source: str) -> str:
     """The latest failed call of each group that lost calls, read again from the calls of its day
     (a trigger runs after its statement, so the calls deleted are gone)."""
     day = rollup_by.DAY_US // 1_000_000
-    same = " AND ".join(f"r.{c} IS NOT DISTINCT FROM t.{c}" for c in (*GROUPS, "proxy_id"))
     touched = (
         f"SELECT DISTINCT epoch_us(created_at) // {rollup_by.DAY_US} AS day, {', '.join(GROUPS)}, proxy_id"
     )
@@ -81,6 +79,11 @@ def _last_seen_again(source: str) -> str:
         f" UPDATE {TABLE} AS t SET last_seen = (SELECT max(r.created_at) FROM requests AS r"
         f" WHERE r.created_at >= to_timestamp(t.day * {day})"
         f" AND r.created_at < to_timestamp((t.day + 1) * {day})"
-        f" AND (r.status >= 400 OR r.error IS NOT NULL) AND {same})"
-        f" FROM ({touched} FROM {source} WHERE {FAILED}) AS k WHERE t.day = k.day AND {_SAME};"
+        f" AND (r.status >= 400 OR r.error IS NOT NULL) AND {_same('r', 't')})"
+        f" FROM ({touched} FROM {source} WHERE {FAILED}) AS k WHERE t.day = k.day AND {_same('t', 'k')};"
     )
+
+
+def _same(a: str, b: str) -> str:
+    """Rows `a` and `b` are of one group (NULLs alike)."""
+    return " AND ".join(f"{a}.{c} IS NOT DISTINCT FROM {b}.{c}" for c in (*GROUPS, "proxy_id"))
