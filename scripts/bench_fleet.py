@@ -46,7 +46,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [p for p in (str(HERE), str(HERE.parent / "addon"), str(HERE.parent)) if p not in sys.path]
 
 import benchkit as bk  # noqa: E402
-from bench_reports import FEATURES, USERS  # noqa: E402
+from bench_reports import FEATURES, MODELS, USERS  # noqa: E402
 from benchkit import Samples, call, make_request, percentile  # noqa: E402
 
 from llmtap.accounting.record import COLUMNS, to_row  # noqa: E402
@@ -151,13 +151,16 @@ def workers(
 
 def realistic_rows(n: int) -> list[tuple]:
     """Rows with ~4 KB of bodies: pooled prompts and answers plus unique text (scaleout.md §4);
-    users, sessions and properties spread as in bench_reports' data set (2,000 users, sessions of
-    ~200 calls, two properties), so the rollups' triggers see as many groups per batch as there."""
+    users, sessions, properties and models spread as in bench_reports' data set (2,000 users,
+    sessions of ~200 calls, two properties, its models and shares), latencies log-normal and 40 %
+    streamed with a time to first token, so the rollups' triggers see as many groups per batch as
+    there."""
     rng = random.Random(7)
     prompts = ["".join(rng.choices("abcdefghij ", k=2400)) for _ in range(200)]
     answers = ["".join(rng.choices("klmnopqrst ", k=700)) for _ in range(500)]
     base = to_row(samples.capture())
-    at = {name: COLUMNS.index(name) for name in ("user_id", "session_id", "properties")}
+    names = ("user_id", "session_id", "properties", "provider", "model", "latency_ms", "ttft_ms")
+    at = {name: COLUMNS.index(name) for name in names}
     rows = []
     for i in range(n):
         row = list(base)
@@ -165,6 +168,10 @@ def realistic_rows(n: int) -> list[tuple]:
         row[at["user_id"]] = f"user-{int(USERS ** rng.random())}"  # log-uniform, as bench_reports'
         row[at["session_id"]] = f"session-{i // 200 * 8 + rng.randrange(8)}"  # 8 interleaved at a time
         row[at["properties"]] = f'{{"feature": "{rng.choice(FEATURES)}", "env": "prod"}}'
+        model = rng.choices(MODELS, weights=[m[-1] for m in MODELS])[0]
+        row[at["provider"]], row[at["model"]] = model[0], model[3]
+        row[at["latency_ms"]] = round(rng.lognormvariate(7.5, 0.9), 3)
+        row[at["ttft_ms"]] = round(rng.uniform(150, 1000), 3) if rng.random() < 0.4 else None
         row[COLUMNS.index("request_body")] = (
             f'{{"system": "{rng.choice(prompts)}", "user": "{i} {"u" * 500}"}}'
         )

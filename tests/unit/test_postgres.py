@@ -91,6 +91,27 @@ def test_a_batch_lands_once_when_a_committed_batch_is_retried(postgres_db: str) 
     assert pg_rows(postgres_db, "SELECT request_id, rating FROM feedback") == [("req-000", True)]
 
 
+def test_a_month_made_in_a_failed_batch_is_made_again(postgres_db: str) -> None:
+    """A batch that creates its month's partition and then fails rolls the partition back: the
+    next batch for that month creates it again (it used to be taken as made, and every later batch
+    of the month failed with "no partition of relation requests found for row")."""
+    import psycopg
+
+    sink = postgres.PostgresSink(postgres_db)
+    at = datetime(2025, 7, 1, 8, tzinfo=UTC).timestamp()
+    rows = [to_row(samples.capture(meta=CallMeta(request_id=f"july-{n}"), started=at + n)) for n in range(3)]
+    broken = list(rows[0])
+    broken[COLUMNS.index("source")] = None  # NOT NULL
+    with pytest.raises(psycopg.errors.NotNullViolation):
+        sink.write([tuple(broken)], [])
+    sink.write(rows[:2], [])
+    sink.write([rows[2], rows[2]], [])  # the same call twice: the UniqueViolation path
+    sink.close()
+    assert pg_rows(postgres_db, "SELECT request_id FROM requests ORDER BY 1") == [
+        ("july-0",), ("july-1",), ("july-2",)
+    ]  # fmt: skip
+
+
 def test_months_get_partitions_and_nul_characters_survive(postgres_db: str) -> None:
     sink = postgres.PostgresSink(postgres_db)
     old = to_row(
@@ -137,6 +158,7 @@ def test_writers_starting_together_migrate_once(postgres_db: str) -> None:
     assert pg_rows(postgres_db, "SELECT name FROM _llmtap_migrations ORDER BY 1") == [
         ("p001_requests",), ("p002_report_support",), ("p003_views",), ("p004_rollup",),
         ("p005_rollup_key",), ("p006_read_indexes",), ("p007_rollup_by_day",), ("p008_errors_by_day",),
+        ("p009_latency_by_day",),
     ]  # fmt: skip
 
 

@@ -267,9 +267,10 @@ def test_postgres_reports_read_the_rollup_where_it_answers(postgres_db: str) -> 
 
 def test_a_detached_month_is_fixed_as_the_readme_says(postgres_db: str) -> None:
     """Detaching (or dropping) a partition fires no trigger of the parent's; the README's statements
-    then take the month out of both rollups (they are read from the README, so both stay true)."""
+    then take the month out of every rollup (they are read from the README, so they stay true)."""
     from tests.unit.test_reports_postgres import load_postgres
     from tests.unit.test_rollup_by import errors_kept_and_built, kept_and_built
+    from tests.unit.test_rollup_latency import kept_and_built as latency_kept_and_built
 
     readme = " ".join((Path(__file__).parents[2] / "README.md").read_text().split())
     fix = readme.split("e.g. `DELETE FROM requests_15m", 1)[1].split("`", 1)[0]
@@ -284,9 +285,13 @@ def test_a_detached_month_is_fixed_as_the_readme_says(postgres_db: str) -> None:
         assert by_day == 12
         [(failed,)] = conn.execute("SELECT sum(calls) FROM errors_by_day").fetchall()
         assert failed == 3
+        [(timed,)] = conn.execute("SELECT sum(calls) FROM latency_by_day WHERE metric = 0").fetchall()
+        assert timed == 9  # not the 2 cache hits and the call llmtap rate-limited
         conn.execute(f"DELETE FROM requests_15m {fix}")
         conn.execute(f"DELETE FROM requests_by_day {fix_by_day}")
-        conn.execute(f"DELETE FROM errors_by_day {fix_by_day}")  # "the same condition"
+        for other in ("errors_by_day", "latency_by_day"):  # "the same condition"
+            conn.execute(f"DELETE FROM {other} {fix_by_day}")
     assert pg_rollup(postgres_db) == []
     assert kept_and_built(postgres_db) == []
     assert errors_kept_and_built(postgres_db) == []
+    assert latency_kept_and_built(postgres_db) == []

@@ -352,7 +352,8 @@ def test_llmtap_migrate_upgrades_a_log_from_the_15_minute_rollup_alone(
     assert main(["migrate", "--db", postgres_db]) == 0
     out = capsys.readouterr().out
     assert out.startswith(
-        "applied p005_rollup_key, p006_read_indexes, p007_rollup_by_day, p008_errors_by_day in "
+        "applied p005_rollup_key, p006_read_indexes, p007_rollup_by_day, p008_errors_by_day,"
+        " p009_latency_by_day in "
     )
     assert sum(r[3] for r in kept_and_built(postgres_db) if r[1] == "provider") == 8
     assert sum(r[5] for r in errors_kept_and_built(postgres_db)) == 2  # r05 and r07

@@ -220,9 +220,9 @@ def prepare(conn: duckdb.DuckDBPyConnection, name: str, opts: Options, now: date
     _set_timezone(conn, opts.tz)
     p = _Params(dialect.of(conn))
     if p.sql.postgres:  # a fleet's log: its rollups where they answer
-        from llmtap.reports import rollup, rollup_by, rollup_errors  # (which build on this module)
+        from llmtap.reports import rollup, rollup_by, rollup_errors, rollup_latency  # (built on this)
 
-        for source in (rollup, rollup_by, rollup_errors):
+        for source in (rollup, rollup_by, rollup_errors, rollup_latency):
             if (fast := source.report(conn, name, opts, now, by)) is not None:
                 return fast
     where = _where(conn, opts, p, now)
@@ -465,17 +465,24 @@ def _cache(where: list[str], p: _Params, opts: Options, by: Sequence[Dimension])
     )  # fmt: skip
 
 
+LATENCY_QUANTILES = (0.5, 0.95, 0.99)
+# The latency report's columns after its groups: each metric's quantiles, in this order.
+LATENCY_COLUMNS = ("calls",) + tuple(
+    f"{name}_p{round(100 * q)}_ms" for name in ("latency", "ttft") for q in LATENCY_QUANTILES
+)
+
+
 def _latency(where: list[str], p: _Params, opts: Options, by: Sequence[Dimension]) -> str:
-    q = (0.5, 0.95, 0.99)
+    q = LATENCY_QUANTILES
     measures = [
         ("count(*)", "calls"),
         (p.sql.quantiles("r.latency_ms", q), "_latency"),
         (p.sql.quantiles("r.ttft_ms", q), "_ttft"),
     ]
     outer = [("calls", "calls")] + [
-        (f"round({src}[{i}], 1)", f"{name}_p{pct}_ms")
-        for src, name in (("_latency", "latency"), ("_ttft", "ttft"))
-        for i, pct in ((1, 50), (2, 95), (3, 99))
+        (f"round({src}[{i + 1}], 1)", LATENCY_COLUMNS[1 + m * len(q) + i])
+        for m, src in enumerate(("_latency", "_ttft"))
+        for i in range(len(q))
     ]
     # Calls llmtap answered itself (cache hits, its own 429s) say nothing about the provider.
     own = "cache_status IS DISTINCT FROM 'HIT' AND rate_limited IS NOT TRUE"

@@ -58,10 +58,11 @@ def overview(
     window = _window(conn, opts, now)
     if window is None:
         return None
-    p, rows = window
+    p, u, qbs = window
     by = [catalog.Dimension(bucket), catalog.Dimension(stack)]
+    rows = f"u AS (\n{u}\n),\n{qbs}"
     return Overview(
-        _fetch(conn, "summary", _summary(rows), p.values),
+        _fetch(conn, "summary", _summary(u, qbs), p.values),
         _fetch(conn, "cost", _cost(rows, by, ""), p.values) if stack in STACKS else None,
         _fetch(conn, "errors", _errors(rows, bucket), p.values),
     )
@@ -83,17 +84,18 @@ def report(
     window = _window(conn, opts, now)
     if window is None:
         return None
-    p, rows = window
+    p, u, qbs = window
     if name == "summary":
-        return catalog.Report(name, _summary(rows), p.values, "one")
+        return catalog.Report(name, _summary(u, qbs), p.values, "one")
     limit = f"\nLIMIT {p(opts.limit)}" if opts.limit else ""
-    return catalog.Report(name, _cost(rows, by, limit), p.values, "rows")
+    return catalog.Report(name, _cost(f"u AS (\n{u}\n),\n{qbs}", by, limit), p.values, "rows")
 
 
 def _window(
     conn: duckdb.DuckDBPyConnection, opts: catalog.Options, now: datetime
-) -> tuple[catalog._Params, str] | None:
-    """The parameters and the `u` rows of the range, or None when the rollup cannot answer it."""
+) -> tuple[catalog._Params, str, str] | None:
+    """The parameters, the SELECT of the range's `u` rows and the `_qbs` CTE of its buckets, or
+    None when the rollup cannot answer it."""
     span = whole_buckets(conn, opts, now, table.BUCKET_US)
     if span is None:
         return None
@@ -104,7 +106,7 @@ def _window(
     # `_qbs`: the buckets found without reading `u`, which is then read once (where a second reader
     # made Postgres store it first: ~40 % of a 1M-call Overview query).
     qbs = catalog.bucket_range(p, since, until, now, "qb", "SELECT DISTINCT qb FROM u")
-    return p, f"{_rows(opts, p, span)},\n_qbs AS ({qbs})"
+    return p, _rows(opts, p, span), f"_qbs AS ({qbs})"
 
 
 def whole_buckets(
@@ -163,14 +165,15 @@ def _trusted(conn: duckdb.DuckDBPyConnection, opts: catalog.Options, lo: int | N
 
 
 def _rows(opts: catalog.Options, p: catalog._Params, span: Span) -> str:
-    """`u`: rollup rows for the whole buckets, and the same rows made from the calls at the edges."""
+    """`u`'s SELECT: rollup rows for the whole buckets, and the same rows made from the calls at the
+    edges."""
     _, _, lo, hi = span
     filters = _filters(opts, p)
     whole = [*([f"qb >= {p(lo)}"] if lo is not None else []), f"qb < {p(hi)}", *filters]
     parts = [f"SELECT {', '.join(table.NAMES)} FROM {table.TABLE} WHERE {' AND '.join(whole)}"]
     for edge in edges(p, span, table.BUCKET_US):
         parts.append(table.aggregate_sql(" AND ".join([*edge, *filters])))
-    return "u AS (\n" + "\nUNION ALL\n".join(parts) + "\n)"
+    return "\nUNION ALL\n".join(parts)
 
 
 def edges(p: catalog._Params, span: Span, size_us: int) -> list[list[str]]:
@@ -184,9 +187,14 @@ def edges(p: catalog._Params, span: Span, size_us: int) -> list[list[str]]:
     return [[f"created_at >= {p(since)}", f"created_at < {p(_at(lo, size_us))}"], after]
 
 
-def _summary(rows: str) -> str:
-    """The `summary` report's columns and types (catalog._summary) from the rollup's sums."""
-    return f"""WITH {rows}
+def _summary(u: str, qbs: str) -> str:
+    """The `summary` report's columns and types (catalog._summary) from the rollup's sums. It reads
+    `u` once: NOT MATERIALIZED, or Postgres would store it first for `_qbs` (unread here, but it
+    holds parameters the statement must use), 0.36 s instead of 0.14 s at 10M calls."""
+    return f"""WITH u AS NOT MATERIALIZED (
+{u}
+),
+{qbs}
 SELECT CAST(coalesce(sum(calls), 0) AS BIGINT) AS calls,
        CAST(sum(input_tokens) AS BIGINT) AS input_tokens,
        CAST(sum(output_tokens) AS BIGINT) AS output_tokens,

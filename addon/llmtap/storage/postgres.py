@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from llmtap.accounting.record import COLUMNS, TYPES, Annotation, annotation_rows
-from llmtap.storage import rollup, rollup_by, rollup_errors
+from llmtap.storage import rollup, rollup_by, rollup_errors, rollup_latency
 
 SCHEMES = ("postgresql://", "postgres://")
 CONNECT_TIMEOUT = 3  # seconds: a down server must not hold a flush (or a shutdown) for long
@@ -238,6 +238,9 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("p007_rollup_by_day", rollup_by.postgres_ddl()),
     # The daily rollup of failed calls the `errors` report reads (storage/rollup_errors.py).
     ("p008_errors_by_day", rollup_errors.postgres_ddl()),
+    # The latency buckets and indexes the `latency` report finds exact percentiles by rank with
+    # (storage/rollup_latency.py).
+    ("p009_latency_by_day", rollup_latency.postgres_ddl()),
 ]
 
 
@@ -306,7 +309,7 @@ class PostgresSink:
 
     def _write(self, conn: Any, rows: list[tuple[Any, ...]], notes: Sequence[Annotation], via: str) -> None:
         with conn.transaction():
-            self._partitions(conn, rows)
+            made = self._partitions(conn, rows)
             if via == "staging":
                 conn.execute(
                     "CREATE TEMP TABLE IF NOT EXISTS staging (LIKE requests INCLUDING DEFAULTS)"
@@ -318,6 +321,7 @@ class PostgresSink:
             if via == "staging":
                 conn.execute("INSERT INTO requests SELECT * FROM staging ON CONFLICT DO NOTHING")
             write_annotations(conn, notes)
+        self._months |= made  # committed: a rolled-back CREATE TABLE must be made again next time
 
     def _connection(self) -> Any:
         if self._conn is None or self._conn.closed:
@@ -339,8 +343,9 @@ class PostgresSink:
             self._months = set()
         return self._conn
 
-    def _partitions(self, conn: Any, rows: Iterable[tuple[Any, ...]]) -> None:
-        """Create the monthly partitions these rows need (and the next month's, ahead of time)."""
+    def _partitions(self, conn: Any, rows: Iterable[tuple[Any, ...]]) -> set[tuple[int, int]]:
+        """Create the monthly partitions these rows need (and the next month's, ahead of time), in
+        the caller's transaction; the months created, which exist once it commits."""
         months = {(t.year, t.month) for r in rows if (t := r[1].astimezone(UTC))}
         if not months and not self._months:
             now = datetime.now(UTC)
@@ -348,7 +353,7 @@ class PostgresSink:
         months |= {_next(m) for m in months}
         todo = months - self._months
         if not todo:
-            return
+            return todo
         conn.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK_PARTITION])
         for year, month in sorted(todo):
             start, end = _month_start(year, month), _month_start(*_next((year, month)))
@@ -356,7 +361,7 @@ class PostgresSink:
                 f"CREATE TABLE IF NOT EXISTS requests_y{year:04d}m{month:02d} PARTITION OF requests"
                 f" FOR VALUES FROM ('{start}') TO ('{end}')"
             )
-        self._months |= todo
+        return todo
 
     def close(self) -> None:
         if self._conn is not None:
