@@ -158,7 +158,7 @@ def test_writers_starting_together_migrate_once(postgres_db: str) -> None:
     assert pg_rows(postgres_db, "SELECT name FROM _llmtap_migrations ORDER BY 1") == [
         ("p001_requests",), ("p002_report_support",), ("p003_views",), ("p004_rollup",),
         ("p005_rollup_key",), ("p006_read_indexes",), ("p007_rollup_by_day",), ("p008_errors_by_day",),
-        ("p009_latency_by_day",),
+        ("p009_latency_by_day",), ("p010_annotated_calls",),
     ]  # fmt: skip
 
 

@@ -19,7 +19,7 @@ from llmtap.storage import postgres, query, rollup
 from llmtap.storage.migrations import migrate
 from llmtap.storage.writer import Store
 from llmtap.ui import views
-from tests.unit.test_catalog import COLUMNS, DATA, SUMMARY, load
+from tests.unit.test_catalog import COLUMNS, DATA, FEEDBACK, SCORES, SUMMARY, load
 
 NOW = datetime(2025, 6, 10, 12, 0, tzinfo=UTC)
 COLUMNS_AT = {name: k for k, name in enumerate(ROW_COLUMNS)}
@@ -275,6 +275,7 @@ def test_a_detached_month_is_fixed_as_the_readme_says(postgres_db: str) -> None:
     readme = " ".join((Path(__file__).parents[2] / "README.md").read_text().split())
     fix = readme.split("e.g. `DELETE FROM requests_15m", 1)[1].split("`", 1)[0]
     fix_by_day = readme.split("`DELETE FROM requests_by_day", 1)[1].split("`", 1)[0]
+    fix_annotated = readme.split("`DELETE FROM annotated_calls", 1)[1].split("`", 1)[0]
     load_postgres(postgres_db)  # June 2025, in one partition
     with postgres.connect(postgres_db) as conn:
         conn.autocommit = True
@@ -291,7 +292,12 @@ def test_a_detached_month_is_fixed_as_the_readme_says(postgres_db: str) -> None:
         conn.execute(f"DELETE FROM requests_by_day {fix_by_day}")
         for other in ("errors_by_day", "latency_by_day"):  # "the same condition"
             conn.execute(f"DELETE FROM {other} {fix_by_day}")
+        [(rated,)] = conn.execute("SELECT count(*) FROM annotated_calls").fetchall()
+        assert rated == len({f[0] for f in FEEDBACK} | {s[0] for s in SCORES})  # each is a call's
+        conn.execute(f"DELETE FROM annotated_calls {fix_annotated}")
     assert pg_rollup(postgres_db) == []
     assert kept_and_built(postgres_db) == []
     assert errors_kept_and_built(postgres_db) == []
     assert latency_kept_and_built(postgres_db) == []
+    with postgres.connect(postgres_db, read_only=True) as conn:
+        assert conn.execute("SELECT count(*) FROM annotated_calls").fetchall() == [(0,)]

@@ -15,7 +15,7 @@ import duckdb
 import pytest
 
 from llmtap.reports import catalog
-from llmtap.storage import postgres, query, rollup_by, rollup_errors
+from llmtap.storage import annotated, postgres, query, rollup_by, rollup_errors
 from llmtap.storage.migrations import migrate
 from tests.unit.test_catalog import COLUMNS
 from tests.unit.test_reports_postgres import NOW, both, fetch, load_postgres  # noqa: F401 (a fixture)
@@ -213,6 +213,66 @@ def test_groups_whose_sums_know_no_value_are_null(sparse: tuple[str, str]) -> No
     ]
 
 
+def annotated_kept_and_built(url: str) -> list[tuple[Any, ...]]:
+    """annotated_calls, checked against the calls that have feedback or scores."""
+    names = ", ".join(annotated.COLUMNS)
+    rated = "SELECT request_id FROM feedback UNION SELECT request_id FROM scores"
+    with postgres.connect(url, read_only=True) as conn:
+        kept = conn.execute(f"SELECT {names} FROM {annotated.TABLE} ORDER BY 1").fetchall()
+        built = conn.execute(
+            f"SELECT {names} FROM requests WHERE request_id IN ({rated}) ORDER BY 1"
+        ).fetchall()
+    assert kept == built
+    return kept
+
+
+def test_the_rated_calls_figures_are_kept_through_every_kind_of_write(
+    postgres_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Feedback and scores written by the writer in a call's own batch and in later ones, feedback
+    written by hand before its call, a property update (an UPDATE of the call), a cost changed and
+    a call deleted by hand, TRUNCATE: after each, annotated_calls holds exactly the rated and scored
+    calls' figures, and `cost --by rating` reads it and gives the calls' answer."""
+    from llmtap.accounting.record import Feedback, PropertyUpdate, Score
+
+    rows = writer_rows()
+    sink = postgres.PostgresSink(postgres_db)
+    sink.write(rows[:6], [Feedback("r01", True, NOW), Score("r02", "accuracy", 90, NOW)])
+    sink.write(
+        rows[6:9],
+        [
+            Feedback("r03", False, NOW),
+            Feedback("r01", False, NOW.replace(minute=59)),
+            Score("r08", "q", 1, NOW),
+        ],
+    )
+    sink.write([], [PropertyUpdate("r03", "team", "x")])
+    with postgres.connect(postgres_db) as conn:
+        conn.autocommit = True
+        conn.execute("INSERT INTO feedback VALUES ('r10', true, %s)", [NOW])  # before its call
+        sink.write(rows[9:], [])
+        assert [r[0] for r in annotated_kept_and_built(postgres_db)] == ["r01", "r02", "r03", "r08", "r10"]
+        conn.execute("UPDATE requests SET cost_usd = 0.25 WHERE request_id = 'r01'")
+        conn.execute("DELETE FROM requests WHERE request_id = 'r08'")
+        kept = annotated_kept_and_built(postgres_db)
+        assert [(r[0], r[4]) for r in kept if r[0] in ("r01", "r08")] == [("r01", D("0.25"))]
+        rating = catalog.parse_dimensions("rating")
+        read = query.connect(postgres_db)
+        try:
+            assert annotated.TABLE in catalog.prepare(read, "cost", catalog.Options(by=rating), NOW).sql
+        finally:
+            read.close()
+        copied = fetch(postgres_db, "cost", NOW, by=rating)
+        with monkeypatch.context() as m:  # as on a log without the table: the calls read by id
+            m.setattr(annotated, "TABLE", "no_such_table")
+            assert fetch(postgres_db, "cost", NOW, by=rating) == copied
+        # 11 calls left: r01 (down since its second feedback) and r03 down, r10 up, 8 unrated.
+        assert {row[0]: row[1] for row in copied[1]} == {None: 8, "up": 1, "down": 2}
+        conn.execute("TRUNCATE requests")
+        assert annotated_kept_and_built(postgres_db) == []
+    sink.close()
+
+
 @pytest.mark.parametrize("until", [None, "2025-06-02", "2025-06-01 10:30", "2025-06-03 08:00:05"])
 def test_the_most_recent_sessions_come_from_a_recent_stretch(
     both: tuple[str, str],  # noqa: F811 (the fixture)
@@ -353,7 +413,7 @@ def test_llmtap_migrate_upgrades_a_log_from_the_15_minute_rollup_alone(
     out = capsys.readouterr().out
     assert out.startswith(
         "applied p005_rollup_key, p006_read_indexes, p007_rollup_by_day, p008_errors_by_day,"
-        " p009_latency_by_day in "
+        " p009_latency_by_day, p010_annotated_calls in "
     )
     assert sum(r[3] for r in kept_and_built(postgres_db) if r[1] == "provider") == 8
     assert sum(r[5] for r in errors_kept_and_built(postgres_db)) == 2  # r05 and r07

@@ -269,7 +269,7 @@ def test_llmtap_migrate_builds_it_for_a_log_at_the_last_releases_schema(
         m.setattr(postgres, "MIGRATIONS", postgres.MIGRATIONS[:8])
         write(postgres_db, rows[:500])
     assert main(["migrate", "--db", postgres_db]) == 0
-    assert capsys.readouterr().out.startswith("applied p009_latency_by_day in ")
+    assert capsys.readouterr().out.startswith("applied p009_latency_by_day, p010_annotated_calls in ")
     assert sum(r[5] for r in kept_and_built(postgres_db) if r[3] == 0) == len(counted(rows[:500]))
     write(postgres_db, rows[500:])
     assert sum(r[5] for r in kept_and_built(postgres_db) if r[3] == 0) == len(counted(rows))

@@ -17,7 +17,7 @@ import duckdb
 
 from llmtap.reports import catalog, dialect
 from llmtap.reports import rollup as fifteen
-from llmtap.storage import query
+from llmtap.storage import annotated, query
 from llmtap.storage import rollup_by as table
 
 KINDS = ("user", "session", "property", "model", "provider")
@@ -45,7 +45,10 @@ def report(
     p = catalog._Params(dialect.POSTGRES)
     need_rest = name != "summary" and dim.startswith(table.PROPERTY)  # the calls without the property
     rows = _rows(p, span, (dim, "provider") if need_rest else (dim,), values)
-    groups = _rated_groups(p, rated, span) if rated else _groups(p, dim, values, need_rest)
+    if rated:
+        groups = _rated_groups(p, rated, span, query.has_table(conn, annotated.TABLE))
+    else:
+        groups = _groups(p, dim, values, need_rest)
     if name == "summary":
         return catalog.Report(name, f"WITH {rows},\n{groups}\n{_SUMMARY}", p.values, "one")
     label = catalog._grouping(by, catalog._Params(), _TAKEN[name]).columns[0][1]
@@ -126,10 +129,11 @@ def _groups(p: catalog._Params, dim: str, values: list[str] | None, need_rest: b
     return f"_v AS (\n{sql}\n)"
 
 
-def _rated_groups(p: catalog._Params, by: catalog.Dimension, span: fifteen.Span) -> str:
-    """`_v` for --by rating or score:NAME: the rated (or scored) calls' sums read through their
-    ids, a few percent of the calls, and the others' as the row whose value is NULL: the totals
-    (`u`'s provider rows, one per call) less the rated ones."""
+def _rated_groups(p: catalog._Params, by: catalog.Dimension, span: fifteen.Span, copied: bool) -> str:
+    """`_v` for --by rating or score:NAME: the rated (or scored) calls' sums, a few percent of the
+    calls, and the others' as the row whose value is NULL: the totals (`u`'s provider rows, one per
+    call) less the rated ones. `copied`: their figures are read from annotated_calls, joined whole
+    (storage/annotated.py); else from the calls, through their ids."""
     since, until, _, _ = span
     within = [
         *([f"c.created_at >= {p(since)}"] if since else []),
@@ -144,10 +148,14 @@ def _rated_groups(p: catalog._Params, by: catalog.Dimension, span: fifteen.Span)
         )
     names = [m[0] for m in table.MEASURES]
     measures = ", ".join(f"CAST({sql} AS {kind}) AS {name}" for name, sql, kind in table.MEASURES)
-    call = " AND ".join(["c.request_id = f.request_id", *within])  # one index probe per rated call
+    call = " AND ".join(["c.request_id = f.request_id", *within])
+    if copied:
+        calls = f"{source} JOIN {annotated.TABLE} AS c ON {call}"
+    else:  # one index probe and one heap page per rated call
+        calls = f"{source} CROSS JOIN LATERAL (SELECT * FROM requests AS c WHERE {call}) AS r"
     return f"""_r AS (
 SELECT {key} AS value, {measures}
-FROM {source} CROSS JOIN LATERAL (SELECT * FROM requests AS c WHERE {call}) AS r
+FROM {calls}
 GROUP BY 1
 ),
 _v AS (

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from llmtap.accounting.record import COLUMNS, TYPES, Annotation, annotation_rows
-from llmtap.storage import rollup, rollup_by, rollup_errors, rollup_latency
+from llmtap.storage import annotated, rollup, rollup_by, rollup_errors, rollup_latency
 
 SCHEMES = ("postgresql://", "postgres://")
 CONNECT_TIMEOUT = 3  # seconds: a down server must not hold a flush (or a shutdown) for long
@@ -241,6 +241,9 @@ MIGRATIONS: list[tuple[str, str]] = [
     # The latency buckets and indexes the `latency` report finds exact percentiles by rank with
     # (storage/rollup_latency.py).
     ("p009_latency_by_day", rollup_latency.postgres_ddl()),
+    # The figures of the rated and scored calls, which `--by rating` and `--by score:NAME` add up
+    # (storage/annotated.py).
+    ("p010_annotated_calls", annotated.postgres_ddl()),
 ]
 
 
