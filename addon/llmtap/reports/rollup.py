@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 import duckdb
 
 from llmtap.reports import catalog, dialect
-from llmtap.storage import query
+from llmtap.storage import query, rollup_by
 from llmtap.storage import rollup as table
 
 STACKS = ("model", "provider")
@@ -107,6 +107,25 @@ def _window(
     # made Postgres store it first: ~40 % of a 1M-call Overview query).
     qbs = catalog.bucket_range(p, since, until, now, "qb", "SELECT DISTINCT qb FROM u")
     return p, _rows(opts, p, span), f"_qbs AS ({qbs})"
+
+
+def daily_span(
+    conn: duckdb.DuckDBPyConnection,
+    opts: catalog.Options,
+    now: datetime,
+    by: list[catalog.Dimension],
+    kinds: tuple[str, ...],
+    name: str,
+) -> Span | None:
+    """For a daily rollup `name` of a fleet's Postgres log: the range's span in UTC days, or None
+    where its reader cannot answer (another engine, a sample, a grouping not among `kinds`, a filter
+    but time, provider and model, no whole day, a log from before the rollup)."""
+    if not dialect.of(conn).postgres or opts.sample_pct:
+        return None
+    if not all(d.kind in kinds for d in by) or not usable(opts, "day"):
+        return None
+    span = whole_buckets(conn, opts, now, rollup_by.DAY_US)
+    return span if span is not None and query.has_table(conn, name) else None
 
 
 def whole_buckets(

@@ -28,12 +28,8 @@ def report(
     by: list[catalog.Dimension],
 ) -> catalog.Report | None:
     """The report from the rollup, or None where the calls must be read (TimeZone set already)."""
-    if name != "errors" or not dialect.of(conn).postgres or opts.sample_pct:
-        return None
-    if not all(d.kind in KINDS for d in by) or not fifteen.usable(opts, "day"):
-        return None
-    span = fifteen.whole_buckets(conn, opts, now, rollup_by.DAY_US)
-    if span is None or not query.has_table(conn, table.TABLE):
+    span = fifteen.daily_span(conn, opts, now, by, KINDS, table.TABLE) if name == "errors" else None
+    if span is None:
         return None
     p = catalog._Params(dialect.POSTGRES)
     keys = [d.kind for d in by] + ["status", "error"]

@@ -51,14 +51,10 @@ def report(
     by: list[catalog.Dimension],
 ) -> catalog.Report | None:
     """The report, or None where the calls must be read (TimeZone set already)."""
-    if name != "latency" or not dialect.of(conn).postgres or opts.sample_pct:
+    if name != "latency" or (any(d.kind == "day" for d in by) and opts.tz != "UTC"):  # UTC days here
         return None
-    if not all(d.kind in KINDS for d in by) or not fifteen.usable(opts, "day"):
-        return None
-    if any(d.kind == "day" for d in by) and opts.tz != "UTC":  # the table's days are UTC days
-        return None
-    span = fifteen.whole_buckets(conn, opts, now, rollup_by.DAY_US)
-    if span is None or not query.has_table(conn, table.TABLE):
+    span = fifteen.daily_span(conn, opts, now, by, KINDS, table.TABLE)
+    if span is None:
         return None
     kinds = [d.kind for d in by]
     groups = _groups(conn, opts, span, kinds)
