@@ -21,6 +21,8 @@ once, which would each miss the other: a race left to statements run by hand.
 
 from __future__ import annotations
 
+from llmtap.storage import rollup
+
 TABLE = "annotated_calls"
 # The calls' columns the rollups' measures read (rollup_by.MEASURES), and the time the range uses.
 COLUMNS = (
@@ -66,13 +68,6 @@ def postgres_ddl() -> str:
         f"ALTER TABLE {TABLE} ADD PRIMARY KEY (request_id, created_at);",
         calls_of("SELECT request_id FROM feedback UNION SELECT request_id FROM scores"),
     ]
-    for name, table, event, tables, body in triggers:
-        statements.append(
-            f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql"
-            f" AS $$ BEGIN {body} RETURN NULL; END $$;"
-        )
-        statements.append(
-            f"CREATE TRIGGER {name} AFTER {event} ON {table}"
-            f" {f'REFERENCING {tables} ' if tables else ''}FOR EACH STATEMENT EXECUTE FUNCTION {name}();"
-        )
+    for trigger in triggers:
+        statements += rollup.statement_trigger(*trigger)
     return "\n".join(statements)

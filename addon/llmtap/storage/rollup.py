@@ -108,14 +108,23 @@ def _upsert(key: str) -> Callable[[str, str], str]:
     def rows(source: str, sign: str) -> str:
         measures = ", ".join(f"{sign}CAST({sql} AS {_PG_TYPES[k].removesuffix(' NOT NULL')})"
                              for _, sql, k, _ in MEASURES)  # fmt: skip
-        return (
-            f"INSERT INTO {TABLE} AS t ({names})"
-            f" SELECT epoch_us(created_at) // {BUCKET_US}, provider, model, proxy_id, {measures}"
-            f" FROM {source} GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"  # one lock order: no deadlock
-            f" ON CONFLICT {key} DO UPDATE SET {update};"
+        selected = (
+            f"SELECT epoch_us(created_at) // {BUCKET_US}, provider, model, proxy_id, {measures}"
+            f" FROM {source} GROUP BY 1, 2, 3, 4"
         )
+        return upsert(TABLE, names, selected, "1, 2, 3, 4", key, update)
 
     return rows
+
+
+def upsert(table: str, names: str, rows: str, order: str, key: str, update: str) -> str:
+    """A rollup's statement adding `rows` (a SELECT of `names`) to `table`, summed into the rows of
+    the same `key` by `update`. Sorted by `order` so that every writer takes the rows' locks in one
+    order: no deadlock between writers."""
+    return (
+        f"INSERT INTO {table} AS t ({names}) {rows} ORDER BY {order}"
+        f" ON CONFLICT {key} DO UPDATE SET {update};"
+    )
 
 
 def statement_triggers(
@@ -135,17 +144,23 @@ def statement_triggers(
     }  # fmt: skip
     statements = []
     for what, (event, tables, body) in bodies.items():
-        name = f"{prefix}_{what}"
-        statements.append(
-            f"CREATE {'OR REPLACE ' if functions_only else ''}FUNCTION {name}() RETURNS trigger"
-            f" LANGUAGE plpgsql AS $$ BEGIN {body} RETURN NULL; END $$;"
-        )
-        if not functions_only:
-            statements.append(
-                f"CREATE TRIGGER {name} AFTER {event} ON requests"
-                f" {f'REFERENCING {tables} ' if tables else ''}FOR EACH STATEMENT EXECUTE FUNCTION {name}();"
-            )
+        made = statement_trigger(f"{prefix}_{what}", "requests", event, tables, body, functions_only)
+        statements += made[:1] if functions_only else made
     return statements
+
+
+def statement_trigger(
+    name: str, table: str, event: str, tables: str | None, body: str, replace: bool = False
+) -> list[str]:
+    """A statement-level AFTER `event` trigger on `table` and its function `name` running `body`,
+    with the statement's transition `tables` (`NEW TABLE AS new_rows`, ...); `replace` the function
+    of a trigger that exists."""
+    return [
+        f"CREATE {'OR REPLACE ' if replace else ''}FUNCTION {name}() RETURNS trigger"
+        f" LANGUAGE plpgsql AS $$ BEGIN {body} RETURN NULL; END $$;",
+        f"CREATE TRIGGER {name} AFTER {event} ON {table}"
+        f" {f'REFERENCING {tables} ' if tables else ''}FOR EACH STATEMENT EXECUTE FUNCTION {name}();",
+    ]
 
 
 def rebuild(conn: duckdb.DuckDBPyConnection) -> None:

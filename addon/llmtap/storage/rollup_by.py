@@ -81,11 +81,7 @@ def postgres_ddl() -> str:
     update = ", ".join(f"{name} = t.{name} + excluded.{name}" for name, _, _ in MEASURES)
 
     def add(source: str, sign: str) -> str:
-        return (
-            f"INSERT INTO {TABLE} AS t ({names}) {rows_sql(source, sign=sign)}"
-            " ORDER BY 2, 1, 3, 4"  # one lock order: no deadlock between writers
-            f" ON CONFLICT {KEY} DO UPDATE SET {update};"
-        )
+        return rollup.upsert(TABLE, names, rows_sql(source, sign=sign), "2, 1, 3, 4", KEY, update)
 
     create = [
         f"CREATE TABLE {TABLE} (day bigint NOT NULL, dim text NOT NULL, value text, proxy_id text,"

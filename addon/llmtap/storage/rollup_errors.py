@@ -50,11 +50,8 @@ def postgres_ddl() -> str:
     )  # fmt: skip
 
     def add(source: str, sign: str) -> str:
-        upsert = (
-            f"INSERT INTO {TABLE} AS t ({', '.join(NAMES)}) {rows_sql(source, sign=sign)}"
-            " ORDER BY 1, 2, 3, 4, 5, 6"  # one lock order: no deadlock between writers
-            f" ON CONFLICT {KEY} DO UPDATE SET {update};"
-        )
+        rows = rows_sql(source, sign=sign)
+        upsert = rollup.upsert(TABLE, ", ".join(NAMES), rows, "1, 2, 3, 4, 5, 6", KEY, update)
         return upsert + (_last_seen_again(source) if sign else "")
 
     columns = ", ".join(

@@ -76,11 +76,8 @@ def postgres_ddl() -> str:
     names = "day, provider, model, proxy_id, metric, bucket, calls"
 
     def add(source: str, sign: str) -> str:
-        return (
-            f"INSERT INTO {TABLE} AS t ({names}) {rows_sql(source, sign=sign)}"
-            " ORDER BY 1, 2, 3, 4, 5, 6"  # one lock order: no deadlock between writers
-            f" ON CONFLICT {KEY} DO UPDATE SET calls = t.calls + excluded.calls;"
-        )
+        rows = rows_sql(source, sign=sign)
+        return rollup.upsert(TABLE, names, rows, "1, 2, 3, 4, 5, 6", KEY, "calls = t.calls + excluded.calls")
 
     create = [
         FUNCTION,
