@@ -14,6 +14,7 @@ from typing import Any
 import genai_prices
 from genai_prices import Usage
 
+from llmtap.accounting.entry import Entry
 from llmtap.accounting.record import Capture
 from llmtap.wire.helicone import CallMeta
 
@@ -268,3 +269,22 @@ def capture(**overrides: Any) -> Capture:
     )  # fmt: skip
     values.update(overrides)
     return Capture(**values)
+
+
+# A cache entry as the fleet's Redis holds it (fleet/redisstate.py); the body has a NUL and invalid UTF-8.
+CACHE_ENTRY = Entry(
+    request_id="req-1",
+    status=200,
+    content_type="application/json",
+    streamed=False,
+    body=b'{"id": "chatcmpl-1"}\x00\xff',
+    seed="s1",
+    provider="openai",
+    model="gpt-4o-mini",
+    input_tokens=12,
+    output_tokens=7,
+    usage_source="response",
+    cost_usd=Decimal("0.000006"),
+    latency_ms=123.5,
+    created=1_700_000_000.25,
+)

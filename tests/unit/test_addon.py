@@ -912,6 +912,113 @@ def test_in_a_fleet_the_response_completes_after_its_redis_charge(
     assert float(r.hget(key, "tokens")) == -500.0, "a full bucket of 1000, charged 1500"
 
 
+def fleet_call(a: LLMTap, extra: tuple[tuple[str, str], ...]) -> tuple[http.HTTPFlow, bool]:
+    """One call's request hooks in a fleet, on a running loop as in mitmproxy; whether its limits
+    were asked for from its headers (before the body). Closes the Redis client (it is bound to
+    this loop)."""
+
+    async def run() -> tuple[http.HTTPFlow, bool]:
+        f = request(extra=extra)
+        a.requestheaders(f)
+        call = a.calls.get(f.id)
+        early = call is not None and call.early is not None
+        if f.response is None:
+            work = a.request(f)
+            if inspect.iscoroutine(work):
+                await work
+        assert a.shared is not None
+        await a.shared.close()
+        return f, early
+
+    return asyncio.run(run())
+
+
+def redis_levels(redis_server: RedisServer) -> list[float]:
+    r = redis_server.client()
+    return sorted(float(r.hget(key, "tokens")) for key in r.keys("llmtap:v1:rl:*"))
+
+
+POLICY_5 = (("Helicone-RateLimit-Policy", "5;w=3600"),)
+
+
+@pytest.mark.parametrize(
+    ("rule", "extra", "levels"),
+    [
+        ("", POLICY_5, [4.0]),
+        ("    match: {provider: openai}\n    rate_limit: {quota: 3, window: 1h}\n", POLICY_5, [2.0, 4.0]),
+        ("    match: {provider: openai}\n    rate_limit: {quota: 3, window: 1h}\n", (), [2.0]),
+    ],
+    ids=["header", "rule-and-header", "rule"],
+)
+def test_in_a_fleet_limits_are_asked_from_the_headers_and_charged_once(
+    tap: Tap, redis_server: RedisServer, tmp_path: Path, rule: str, extra: tuple, levels: list[float]
+) -> None:
+    a, tctx, _ = tap
+    if rule:
+        path = tmp_path / "rules.yaml"
+        path.write_text("rules:\n  - name: r\n" + rule)
+        tctx.configure(a, llmtap_rules=str(path))
+    a.shared = a.limits.shared = SharedState(redis_server.url)
+    f, early = fleet_call(a, extra)
+    assert early, "asked in requestheaders"
+    assert f.response is None
+    c = a.calls[f.id].capture
+    assert c is not None and c.rate_limit_store == "redis"
+    assert a.calls[f.id].rate_headers["Helicone-RateLimit-Remaining"] == str(int(min(levels)))
+    assert redis_levels(redis_server) == levels
+
+
+@pytest.mark.parametrize(
+    ("extra", "option", "status", "levels"),
+    [
+        ((*POLICY_5, ("Helicone-Cache-Enabled", "true")), {}, None, [4.0]),  # the cache's key is the body
+        ((("Helicone-RateLimit-Policy", "5;w=soon"),), {}, 400, []),
+        ((*POLICY_5, ("Helicone-Auth", "Bearer wrong")), {"llmtap_access_key": "k"}, 401, []),
+        ((), {}, None, []),
+    ],
+    ids=["cache", "bad-policy", "wrong-access-key", "no-limit"],
+)
+def test_in_a_fleet_calls_the_headers_cannot_settle_are_asked_in_request(
+    tap: Tap, redis_server: RedisServer, extra: tuple, option: dict, status: int | None, levels: list[float]
+) -> None:
+    a, tctx, _ = tap
+    tctx.configure(a, **option)
+    a.shared = a.limits.shared = SharedState(redis_server.url)
+    f, early = fleet_call(a, extra)
+    assert not early
+    assert (f.response.status_code if f.response else None) == status
+    assert redis_levels(redis_server) == levels  # charged once, or not at all when refused
+
+
+def test_in_a_fleet_a_rule_on_the_body_or_a_pending_charge_waits_for_request(
+    tap: Tap, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    a, tctx, _ = tap
+    path = tmp_path / "rules.yaml"
+    path.write_text(
+        "rules:\n  - name: mini\n    match: {model: 'gpt-4o-mini*'}\n    rate_limit: {quota: 3, window: 1h}\n"
+    )
+    tctx.configure(a, llmtap_rules=str(path))
+    a.shared = a.limits.shared = SharedState(redis_server.url)
+    f, early = fleet_call(a, ())
+    assert not early and f.response is None
+    assert redis_levels(redis_server) == [2.0]  # the model is in the body: matched in request
+    tctx.configure(a, llmtap_rules="")
+    a.shared = a.limits.shared = SharedState(redis_server.url)
+
+    async def with_a_charge_pending() -> bool:
+        pending = asyncio.get_running_loop().create_future()
+        a.limits.charging.add(pending)
+        f = request(extra=POLICY_5)
+        a.requestheaders(f)
+        call = a.calls[f.id]
+        a.limits.charging.discard(pending)
+        await a.shared.close()
+        return call.early is not None
+
+    assert not asyncio.run(with_a_charge_pending())
+
+
 def test_a_rule_limit_without_its_segment_is_one_shared_bucket(limited: Tap, tmp_path: Path) -> None:
     a, tctx, _ = limited
     path = tmp_path / "rules.yaml"

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import multiprocessing
-from decimal import Decimal
 
 import pytest
 
-from llmtap.accounting.entry import Entry
 from llmtap.fleet import redisstate
 from llmtap.policy.redact import redact_url
 from tests.servers import RedisServer
+
+from .samples import CACHE_ENTRY as ENTRY
 
 
 def run(client, script: str, args: redisstate.Args):
@@ -25,24 +25,6 @@ def decide(client, slots: list[str], drawn: int, buckets: list[tuple[str, float,
 
 def level(client, key: str) -> float:
     return float(client.hget(key, "tokens"))
-
-
-ENTRY = Entry(
-    request_id="req-1",
-    status=200,
-    content_type="application/json",
-    streamed=False,
-    body=b'{"id": "chatcmpl-1"}\x00\xff',
-    seed="s1",
-    provider="openai",
-    model="gpt-4o-mini",
-    input_tokens=12,
-    output_tokens=7,
-    usage_source="response",
-    cost_usd=Decimal("0.000006"),
-    latency_ms=123.5,
-    created=1_700_000_000.25,
-)
 
 
 def test_an_entry_round_trips_through_a_hash() -> None:

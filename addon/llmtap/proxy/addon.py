@@ -31,7 +31,7 @@ from llmtap.api import httpserver
 from llmtap.api.handlers import Service
 from llmtap.api.live import LiveFeed
 from llmtap.fleet import redisstate
-from llmtap.policy import ratelimit, retry, rules
+from llmtap.policy import cache_keys, ratelimit, retry, rules
 from llmtap.policy.cache_keys import Lookup
 from llmtap.policy.ratelimit import Limit
 from llmtap.policy.redact import redact_path, redact_url
@@ -43,7 +43,7 @@ from llmtap.proxy.limits import RateLimits
 from llmtap.proxy.livefleet import LiveRelay
 from llmtap.proxy.stream import StreamTee
 from llmtap.storage.writerproc import HANDOFF_BATCH, HANDOFF_SECONDS, WriterProcess
-from llmtap.wire import providers
+from llmtap.wire import helicone, providers
 from llmtap.wire.helicone import HeaderError
 
 logger = logging.getLogger(__name__)
@@ -251,7 +251,9 @@ class LLMTap:
             found = providers.detect(req.host, req.port, req.path, self.rules.providers, reverse)
             if found is not None:
                 host = req.host if req.port in (80, 443) else f"{req.host}:{req.port}"
-                self.calls[flow.id] = Call(found, host, redact_path(req.path))
+                call = self.calls[flow.id] = Call(found, host, redact_path(req.path))
+                if self.shared is not None:
+                    self._decide_early(flow, call)
 
     def request(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         """Sync on the fast path; a coroutine only to deliver the call itself, or to let the cents /
@@ -301,7 +303,7 @@ class LLMTap:
         fleet, a coroutine that asks Redis first (only for calls that cache or are limited)."""
         c, headers = calls.open_capture(flow, call, ctx.options.llmtap_max_body)
         c.proxy_id = ctx.options.llmtap_proxy_id
-        if not calls.authorized(c, ctx.options.llmtap_access_key):
+        if not calls.authorized(c.meta, ctx.options.llmtap_access_key):
             flow.response = replies.error(
                 c.api, 401, "llmtap: missing or wrong Helicone-Auth proxy access key"
             )
@@ -309,13 +311,15 @@ class LLMTap:
         ruled = bool(self.rules.rules)
         # What rules match on is read only when something will match (the common case is neither).
         match = (
-            calls.match_request(flow, call, c, self.rules.needs_body)
+            calls.match_request(flow, call, c.meta, c.request_body if self.rules.needs_body else None)
             if ruled or "helicone-ratelimit-policy" in headers
             else None
         )
+        if call.early is not None:  # its headers settled it: no cache, these limits
+            return self._decide_shared(flow, call, headers, match, None, call.early.limits)
         cache_rule = self.rules.cache_for(match) if match and ruled else None
         found = [(r.name, p) for r, p in self.rules.rate_limits_for(match)] if match and ruled else []
-        limits = self.limits.limits_of(call, headers, match, found) if match is not None else []
+        limits = self.limits.limits_of(headers, match, found) if match is not None else []
         if self.shared is not None:
             lookup = self.cache.plan(flow, c, cache_rule[1] if cache_rule else None, headers)
             if lookup is not None or limits:
@@ -341,7 +345,10 @@ class LLMTap:
         c = call.capture
         slots = redisstate.slot_keys(lookup.policy.seed, lookup.keys()) if lookup is not None else []
         drawn = random.randrange(len(slots)) if slots else 0
-        decision = await self.shared.decide(slots, drawn, limits)
+        if call.early is not None:
+            decision = await call.early.decision
+        else:
+            decision = await self.shared.decide(slots, drawn, limits)
         if decision is None:  # Redis away: a miss, nothing saved, this process's buckets
             c.cache_save = None
             if limits and self.limits.limited(flow, call, limits):
@@ -355,6 +362,39 @@ class LLMTap:
             if self.limits.verdict(flow, call, limits, decision.admitted, states, "redis"):
                 return
         self._set_up_delivery(flow, call, headers, match)
+
+    def _decide_early(self, flow: http.HTTPFlow, call: Call) -> None:
+        """Ask Redis for the verdict on a call's limits as soon as its headers are in, when nothing
+        else can change it: the answer then travels while mitmproxy reads the body (~0.4 ms here),
+        and `request` finds it there. Not when a rule reads the body, a cache could answer (its
+        key is the body), a cents / tokens charge is still being priced, the access key is wrong
+        or a header is bad: those calls ask in `request`, as before. The bucket is charged when
+        the headers arrive, so a client gone before its body was sent still used its place."""
+        assert self.shared is not None
+        ruled = bool(self.rules.rules)
+        if not ruled and "helicone-ratelimit-policy" not in flow.request.headers:
+            return  # no limit (the common case)
+        if self.rules.needs_body or self.limits.charging or not self.shared.available:
+            return
+        fields = list(flow.request.headers.items(multi=True))
+        headers = {name.lower(): value for name, value in fields}
+        meta = helicone.parse(fields)
+        if not calls.authorized(meta, ctx.options.llmtap_access_key):
+            return
+        match = calls.match_request(flow, call, meta, None)
+        cache_rule = self.rules.cache_for(match) if ruled else None
+        found = [(r.name, p) for r, p in self.rules.rate_limits_for(match)] if ruled else []
+        try:
+            if cache_keys.policy_for(headers, cache_rule[1] if cache_rule else None) is not None:
+                return
+            limits = self.limits.limits_of(headers, match, found)
+        except HeaderError:
+            return
+        if limits:
+            shared = self.shared
+            task = _background(lambda: shared.decide([], 0, limits), "llmtap: limits from Redis")
+            if task is not None:
+                call.early = calls.Early(limits, task)
 
     def _set_up_delivery(
         self, flow: http.HTTPFlow, call: Call, headers: dict[str, str], match: rules.Request | None

@@ -9,6 +9,7 @@ attempts left; `abandon` closes a call still in flight when the proxy stops. Not
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import time
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from mitmproxy import http
 
 from llmtap.accounting.record import Capture
+from llmtap.fleet.redisstate import Decision
 from llmtap.policy import ratelimit, rules
 from llmtap.policy.redact import redact_headers
 from llmtap.policy.values import Fallback, RetryPolicy
@@ -40,10 +42,19 @@ class Call:
     charge: list[ratelimit.Limit] = field(default_factory=list)  # cents/tokens buckets to charge after
     upstream_body: bytes | None = None  # what our own client received, before the client's view
     delivered: bool = False  # llmtap's own attempts already produced the response
+    early: Early | None = None  # in a fleet, the limits' verdict asked for from the headers
 
     @property
     def delivers(self) -> bool:
         return self.retry is not None or bool(self.fallbacks)
+
+
+@dataclass(frozen=True, slots=True)
+class Early:
+    """A fleet's verdict on a call's limits, asked for in `requestheaders` (proxy/addon.py)."""
+
+    limits: list[ratelimit.Limit]
+    decision: asyncio.Task[Decision | None]
 
 
 def open_capture(flow: http.HTTPFlow, call: Call, max_body: int) -> tuple[Capture, dict[str, str]]:
@@ -72,31 +83,33 @@ def open_capture(flow: http.HTTPFlow, call: Call, max_body: int) -> tuple[Captur
     return call.capture, {name.lower(): value for name, value in fields}
 
 
-def authorized(c: Capture, access_key: str) -> bool:
+def authorized(meta: helicone.CallMeta, access_key: str) -> bool:
     """`Helicone-Auth: Bearer <llmtap_access_key>` when a key is set (compared in constant time)."""
-    return not access_key or hmac.compare_digest(c.meta.auth or "", f"Bearer {access_key}")
+    return not access_key or hmac.compare_digest(meta.auth or "", f"Bearer {access_key}")
 
 
-def match_request(flow: http.HTTPFlow, call: Call, c: Capture, needs_body: bool) -> rules.Request:
-    """What rules match on; the body is read only when a rule looks at the model or the user."""
+def match_request(
+    flow: http.HTTPFlow, call: Call, meta: helicone.CallMeta, body: bytes | None
+) -> rules.Request:
+    """What rules match on; `body` is given only when a rule looks at the model or the user."""
     model = user = None
-    if needs_body:
+    if body is not None:
         try:
-            doc = json.loads(c.request_body) if c.request_body else None
+            doc = json.loads(body) if body else None
         except ValueError:
             doc = None
         if isinstance(doc, dict):
             model = doc.get("model") if isinstance(doc.get("model"), str) else None
             user = doc.get("user") if isinstance(doc.get("user"), str) else None
-        model = model or providers.path_model(c.api, flow.request.path)
+        model = model or providers.path_model(call.provider.api, flow.request.path)
     return rules.Request(
         provider=call.provider.name,
         host=call.host,
         path=flow.request.path.split("?", 1)[0],
         method=flow.request.method,
         model=model,
-        user=c.meta.user_id or user,
-        properties=c.meta.properties,
+        user=meta.user_id or user,
+        properties=meta.properties,
     )
 
 

@@ -35,20 +35,15 @@ class RateLimits:
         self.charging: set[asyncio.Future[None]] = set()  # cents / tokens charges being priced
         self.errors = 0
 
+    @staticmethod
     def limits_of(
-        self,
-        call: Call,
-        headers: Mapping[str, str],
-        match: rules.Request,
-        found: list[tuple[str, RateLimitPolicy]],
+        headers: Mapping[str, str], match: rules.Request, found: list[tuple[str, RateLimitPolicy]]
     ) -> list[ratelimit.Limit]:
         """Every limit of this call (rules' and the header's). Raises HeaderError for a bad header."""
-        c = call.capture
-        assert c is not None
         header = headers.get("helicone-ratelimit-policy")
         if not found and header is None:
             return []
-        return ratelimit.limits_for(found, header, match.user, c.meta.properties)
+        return ratelimit.limits_for(found, header, match.user, match.properties)
 
     def limited(self, flow: http.HTTPFlow, call: Call, limits: list[ratelimit.Limit]) -> bool:
         """Check the limits in this process; True when one answered 429."""
