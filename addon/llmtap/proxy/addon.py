@@ -1,13 +1,14 @@
 """LLMTap: the mitmproxy addon. Its hooks read as a call's life; the modules decide.
 
-requestheaders (is it an LLM call?) -> request (capture it; the cache may answer, a rate limit may;
-retries and fallbacks make llmtap deliver it itself) -> responseheaders (tee a stream) ->
-response / error (close the capture, hand it to the writer process; a failed streamed call may be
-retried first). Hooks are synchronous and do no blocking I/O, so they never stall other
-connections; they return a coroutine (mitmproxy awaits it) only to wait for the network or for a
-rate-limit charge. Every hook body runs inside `_guard`, which logs, counts and lets the flow pass:
-llmtap must never be the reason a request fails. Per-flow state (`calls.Call`) lives on the addon
-keyed by flow id and is removed in `response` or `error`, exactly one of which runs per flow.
+requestheaders (is it an LLM call? in a fleet, Redis may be asked about its limits already) ->
+request (capture it; the cache may answer, a rate limit may; retries and fallbacks make llmtap
+deliver it itself) -> responseheaders (tee a stream) -> response / error (close the capture, hand
+it to the writer process; a failed streamed call may be retried first). Hooks are synchronous and
+do no blocking I/O, so they never stall other connections; they return a coroutine (mitmproxy
+awaits it) only to wait for the network or for a rate-limit charge. Every hook body runs inside
+`_guard`, which logs, counts and lets the flow pass: llmtap must never be the reason a request
+fails. Per-flow state (`calls.Call`) lives on the addon keyed by flow id and is removed in
+`response` or `error`, exactly one of which runs per flow.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from llmtap.policy import cache_keys, ratelimit, retry, rules
 from llmtap.policy.cache_keys import Lookup
 from llmtap.policy.ratelimit import Limit
 from llmtap.policy.redact import redact_path, redact_url
+from llmtap.policy.values import CachePolicy
 from llmtap.proxy import attempts, calls, reload, replies, upstream
 from llmtap.proxy.caching import ResponseCache
 from llmtap.proxy.calls import Call
@@ -317,14 +319,12 @@ class LLMTap:
         )
         if call.early is not None:  # its headers settled it: no cache, these limits
             return self._decide_shared(flow, call, headers, match, None, call.early.limits)
-        cache_rule = self.rules.cache_for(match) if match and ruled else None
-        found = [(r.name, p) for r, p in self.rules.rate_limits_for(match)] if match and ruled else []
-        limits = self.limits.limits_of(headers, match, found) if match is not None else []
+        cache_rule, limits = self._policies(match, headers) if match is not None else (None, [])
         if self.shared is not None:
-            lookup = self.cache.plan(flow, c, cache_rule[1] if cache_rule else None, headers)
+            lookup = self.cache.plan(flow, c, cache_rule, headers)
             if lookup is not None or limits:
                 return self._decide_shared(flow, call, headers, match, lookup, limits)
-        elif self.cache.answer(flow, c, cache_rule[1] if cache_rule else None, headers):
+        elif self.cache.answer(flow, c, cache_rule, headers):
             return None
         elif limits and self.limits.limited(flow, call, limits):
             return None
@@ -381,13 +381,10 @@ class LLMTap:
         meta = helicone.parse(fields)
         if not calls.authorized(meta, ctx.options.llmtap_access_key):
             return
-        match = calls.match_request(flow, call, meta, None)
-        cache_rule = self.rules.cache_for(match) if ruled else None
-        found = [(r.name, p) for r, p in self.rules.rate_limits_for(match)] if ruled else []
         try:
-            if cache_keys.policy_for(headers, cache_rule[1] if cache_rule else None) is not None:
+            cache_rule, limits = self._policies(calls.match_request(flow, call, meta, None), headers)
+            if cache_keys.policy_for(headers, cache_rule) is not None:
                 return
-            limits = self.limits.limits_of(headers, match, found)
         except HeaderError:
             return
         if limits:
@@ -395,6 +392,15 @@ class LLMTap:
             task = _background(lambda: shared.decide([], 0, limits), "llmtap: limits from Redis")
             if task is not None:
                 call.early = calls.Early(limits, task)
+
+    def _policies(
+        self, match: rules.Request, headers: dict[str, str]
+    ) -> tuple[CachePolicy | None, list[Limit]]:
+        """The cache rule's policy and every limit of a call. Raises HeaderError for a bad header."""
+        ruled = bool(self.rules.rules)
+        cache_rule = self.rules.cache_for(match) if ruled else None
+        found = [(r.name, p) for r, p in self.rules.rate_limits_for(match)] if ruled else []
+        return cache_rule[1] if cache_rule else None, self.limits.limits_of(headers, match, found)
 
     def _set_up_delivery(
         self, flow: http.HTTPFlow, call: Call, headers: dict[str, str], match: rules.Request | None
