@@ -1019,6 +1019,25 @@ def test_in_a_fleet_a_rule_on_the_body_or_a_pending_charge_waits_for_request(
     assert not asyncio.run(with_a_charge_pending())
 
 
+def test_in_a_fleet_a_failed_early_ask_still_captures_and_decides_the_call(
+    tap: Tap, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    a, _, _ = tap
+    a.shared = a.limits.shared = SharedState(redis_server.url)
+
+    def broken(flow: http.HTTPFlow, call: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(a, "_decide_early", broken)
+    f, early = fleet_call(a, POLICY_5)
+    assert not early and f.response is None
+    c = a.calls[f.id].capture
+    assert c is not None and c.rate_limit_store == "redis"
+    assert redis_levels(redis_server) == [4.0]  # asked in request, once
+    assert a.hook_errors == 1
+    assert "asking Redis from the headers failed" in caplog.text
+
+
 def test_a_rule_limit_without_its_segment_is_one_shared_bucket(limited: Tap, tmp_path: Path) -> None:
     a, tctx, _ = limited
     path = tmp_path / "rules.yaml"

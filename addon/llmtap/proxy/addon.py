@@ -255,7 +255,11 @@ class LLMTap:
                 host = req.host if req.port in (80, 443) else f"{req.host}:{req.port}"
                 call = self.calls[flow.id] = Call(found, host, redact_path(req.path))
                 if self.shared is not None:
-                    self._decide_early(flow, call)
+                    try:
+                        self._decide_early(flow, call)
+                    except Exception:  # the call is still captured; `request` asks Redis instead
+                        self.hook_errors += 1
+                        logger.exception("llmtap: asking Redis from the headers failed")
 
     def request(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         """Sync on the fast path; a coroutine only to deliver the call itself, or to let the cents /
