@@ -24,23 +24,39 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, workdir: Path) -> None:
+    """Listens on TCP and on a unix socket; with `tls`, on a TLS port too (a CA of its own)."""
+
+    def __init__(self, workdir: Path, tls: bool = False) -> None:
         binary = shutil.which("redis-server")
         assert binary, "redis-server is missing: run scripts/setup.sh (it installs Debian's redis-server)"
         self.binary = binary
         self.workdir = workdir
         self.port = free_port()
+        self.tls_port = free_port() if tls else None
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def unix_url(self) -> str:
+        return f"unix://{self.workdir / 'redis.sock'}?db=0"
+
+    @property
+    def tls_url(self) -> str:
+        return f"rediss://127.0.0.1:{self.tls_port}/0?ssl_ca_certs={self.workdir / 'ca.pem'}"
+
     def start(self) -> RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         cmd = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                "--appendonly", "no", "--dir", str(self.workdir), "--daemonize", "no",
+               "--unixsocket", str(self.workdir / "redis.sock"), "--unixsocketperm", "700",
                "--loglevel", "warning"]  # fmt: skip
+        if self.tls_port is not None:
+            cert, key, ca = self._certificates()
+            cmd += ["--tls-port", str(self.tls_port), "--tls-cert-file", str(cert), "--tls-key-file",
+                    str(key), "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no"]  # fmt: skip
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while not self.ping():
@@ -68,6 +84,32 @@ class RedisServer:
         import redis
 
         return redis.Redis.from_url(self.url)
+
+    def _certificates(self) -> tuple[Path, Path, Path]:
+        """A CA and a certificate for 127.0.0.1 it signed (mitmproxy's helpers: its leaf keys are
+        the CA's own)."""
+        import ipaddress
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+        from mitmproxy import certs
+
+        cert, key, ca = (self.workdir / name for name in ("cert.pem", "key.pem", "ca.pem"))
+        if not cert.exists():
+            private, ca_cert = certs.create_ca("llmtap tests", "llmtap test CA", 2048)
+            leaf = certs.dummy_cert(
+                private, ca_cert, "127.0.0.1", [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            )
+            key.write_bytes(
+                private.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.TraditionalOpenSSL,
+                    serialization.NoEncryption(),
+                )
+            )
+            cert.write_bytes(leaf.to_pem())
+            ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+        return cert, key, ca
 
 
 def postgres_bin(name: str) -> str:

@@ -19,6 +19,7 @@ from llmtap.accounting.record import Capture
 from llmtap.policy import cache_keys, ratelimit
 from llmtap.policy.values import CachePolicy
 from llmtap.proxy import addon as addon_module
+from llmtap.proxy import calls
 from llmtap.proxy import limits as limits_module
 from llmtap.proxy.addon import LLMTap
 from llmtap.proxy.fleet import SharedState
@@ -914,10 +915,12 @@ def test_in_a_fleet_the_response_completes_after_its_redis_charge(
 
 def fleet_call(a: LLMTap, extra: tuple[tuple[str, str], ...]) -> tuple[http.HTTPFlow, bool]:
     """One call's request hooks in a fleet, on a running loop as in mitmproxy; whether its limits
-    were asked for from its headers (before the body). Closes the Redis client (it is bound to
-    this loop)."""
+    were asked for from its headers (before the body). Connects first, as the proxy does when it
+    starts; closes the Redis client after (it is bound to this loop)."""
 
     async def run() -> tuple[http.HTTPFlow, bool]:
+        assert a.shared is not None
+        await a.shared.open()
         f = request(extra=extra)
         a.requestheaders(f)
         call = a.calls.get(f.id)
@@ -1017,6 +1020,34 @@ def test_in_a_fleet_a_rule_on_the_body_or_a_pending_charge_waits_for_request(
         return call.early is not None
 
     assert not asyncio.run(with_a_charge_pending())
+
+
+@pytest.mark.parametrize("changed", [False, True], ids=["as-read", "changed-by-an-addon"])
+def test_in_a_fleet_the_headers_read_for_the_early_ask_are_read_again_only_if_changed(
+    tap: Tap, redis_server: RedisServer, changed: bool
+) -> None:
+    a, _, _ = tap
+    a.shared = a.limits.shared = SharedState(redis_server.url)
+
+    async def run() -> tuple[http.HTTPFlow, calls.Call]:
+        assert a.shared is not None
+        await a.shared.open()
+        f = request(extra=(*POLICY_5, ("Helicone-Property-Team", "blue")))
+        a.requestheaders(f)
+        if changed:  # another addon, between the two hooks
+            f.request.headers["Helicone-Property-Team"] = "red"
+        work = a.request(f)
+        assert inspect.iscoroutine(work)
+        await work
+        await a.shared.close()
+        return f, a.calls[f.id]
+
+    f, call = asyncio.run(run())
+    assert call.early is not None and call.capture is not None
+    assert (call.capture.meta is call.early.headers.meta) is not changed
+    assert call.capture.meta.properties == {"team": "red" if changed else "blue"}
+    assert "Helicone-Property-Team" not in f.request.headers  # proxy-only: stripped either way
+    assert redis_levels(redis_server) == [4.0]
 
 
 def test_in_a_fleet_a_failed_early_ask_still_captures_and_decides_the_call(

@@ -20,6 +20,7 @@ change of layout bumps it, so old and new proxies of a rolling upgrade never mis
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
@@ -120,6 +121,7 @@ def client_options() -> dict[str, Any]:
     return {"socket_timeout": TIMEOUT, "socket_connect_timeout": TIMEOUT, "decode_responses": False}
 
 
+@functools.lru_cache(maxsize=4096)  # the same users' buckets, call after call
 def bucket_key(limit_key: str) -> str:
     return f"{PREFIX}rl:{_hash(limit_key, 24)}"
 

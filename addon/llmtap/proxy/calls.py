@@ -9,7 +9,6 @@ attempts left; `abandon` closes a call still in flight when the proxy stops. Not
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
 import time
@@ -19,10 +18,10 @@ from dataclasses import dataclass, field
 from mitmproxy import http
 
 from llmtap.accounting.record import Capture
-from llmtap.fleet.redisstate import Decision
 from llmtap.policy import ratelimit, rules
 from llmtap.policy.redact import redact_headers
 from llmtap.policy.values import Fallback, RetryPolicy
+from llmtap.proxy.fleet import Asked
 from llmtap.proxy.stream import StreamTee
 from llmtap.wire import helicone, providers
 
@@ -50,23 +49,43 @@ class Call:
 
 
 @dataclass(frozen=True, slots=True)
+class RequestHeaders:
+    """A request's headers as llmtap reads them (`read_headers`)."""
+
+    raw: tuple[tuple[bytes, bytes], ...]  # mitmproxy's own: a new tuple whenever a header changes
+    fields: list[tuple[str, str]]
+    by_name: dict[str, str]  # lowercased names
+    meta: helicone.CallMeta
+
+
+@dataclass(frozen=True, slots=True)
 class Early:
-    """A fleet's verdict on a call's limits, asked for in `requestheaders` (proxy/addon.py)."""
+    """A fleet's verdict on a call's limits, asked for in `requestheaders` (proxy/addon.py), and
+    the headers it was asked from (read again in `request` only if an addon changed them)."""
 
     limits: list[ratelimit.Limit]
-    decision: asyncio.Task[Decision | None]
+    asked: Asked
+    headers: RequestHeaders
+
+
+def read_headers(req: http.Request) -> RequestHeaders:
+    fields = list(req.headers.items(multi=True))
+    by_name = {name.lower(): value for name, value in fields}
+    return RequestHeaders(req.headers.fields, fields, by_name, helicone.parse(fields))
 
 
 def open_capture(flow: http.HTTPFlow, call: Call, max_body: int) -> tuple[Capture, dict[str, str]]:
     """The call's capture, and its request headers by lowercased name."""
     req = flow.request
-    fields = list(req.headers.items(multi=True))
-    # Names from `fields`: Headers.keys() costs ~50 us (it looks every name up again).
-    for name in helicone.proxy_only({name.lower() for name, _ in fields}):
+    early = call.early.headers if call.early is not None else None
+    read = early if early is not None and early.raw is req.headers.fields else read_headers(req)
+    fields = read.fields
+    # Names from `by_name`: Headers.keys() costs ~50 us (it looks every name up again).
+    for name in helicone.proxy_only(read.by_name.keys()):
         del req.headers[name]
     api = call.provider.api
     call.capture = Capture(
-        meta=helicone.parse(fields),
+        meta=read.meta,
         provider=call.provider.name,
         api=api,
         price_id=call.provider.price_id,
@@ -80,7 +99,7 @@ def open_capture(flow: http.HTTPFlow, call: Call, max_body: int) -> tuple[Captur
         request_body=req.raw_content or b"",
         store_limit=max_body,
     )
-    return call.capture, {name.lower(): value for name, value in fields}
+    return call.capture, read.by_name
 
 
 def authorized(meta: helicone.CallMeta, access_key: str) -> bool:
