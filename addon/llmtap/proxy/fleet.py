@@ -83,9 +83,9 @@ class SharedState:
 
     async def open(self) -> None:
         """Connect and load the scripts as the proxy starts, so its first calls can already be
-        asked from their headers. Best effort: a failure here is left for the first call to meet,
-        report and count, as it was before this (mitmproxy's start keeps the loop busy past
-        `redisstate.TIMEOUT`, so it connects once the start is over)."""
+        asked from their headers. Best effort: when it fails, the first call meets the failure,
+        and reports and counts it. It waits for the rest of mitmproxy's start, which keeps the loop
+        busy for longer than `redisstate.TIMEOUT`."""
         await asyncio.sleep(0)
         try:
             for script in (self._decide, self._charge, self._put):
@@ -117,9 +117,9 @@ class SharedState:
         return self._decision(await self._call(asked.script, asked.args, asked))
 
     async def charge(self, limits: list[Limit], amounts: list[float]) -> bool:
-        buckets = [(redisstate.bucket_key(lim.key), lim.policy.quota, lim.policy.window, amount)
-                   for lim, amount in zip(limits, amounts, strict=True)]  # fmt: skip
-        return await self._call(self._charge, redisstate.charge_args(buckets)) is not None
+        spent = [(redisstate.bucket_key(lim.key), lim.policy.quota, lim.policy.window, amount)
+                 for lim, amount in zip(limits, amounts, strict=True)]  # fmt: skip
+        return await self._call(self._charge, redisstate.charge_args(spent)) is not None
 
     async def put(self, slots: list[str], entry: Entry, ttl: float) -> int | None:
         """Save into the first free slot; the slot (0-based), or None when full or Redis is away."""
