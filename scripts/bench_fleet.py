@@ -7,9 +7,10 @@ process; a real redis-server and a throwaway Postgres cluster started here, as t
 - **Redis path**: two taps, both with a `1000000;w=60` header policy on every call (a quota that
   never limits): one with in-process buckets, one with `llmtap_redis` (one round trip, asked for
   as soon as the headers are in). Sequential calls on one keep-alive connection, 40 interleaved
-  rounds of 200 (the machine's phases last seconds and move whole rounds by up to ±1 ms, so many
-  short rounds); the added p50 is the median of the within-round differences. (Calls alternating between the
-  two taps, tried instead, were ~1 ms slower on both: each process then wakes cold for each call.)
+  rounds of 200 (the machine's phases last seconds and move whole rounds by up to ±2 ms, so many
+  short rounds); the added p50 is the median of the within-round differences. (Calls alternating
+  between the two taps, tried instead, were ~1 ms slower on both: each process then wakes cold
+  for each call; blocks of 25 calls were cold too, and read the Redis path ~0.2-0.3 ms higher.)
   Target: <= +0.3 ms (TARGET_REDIS_ADDED_MS). Then the same with a cache read on every call
   (`Helicone-Cache-Read: true`, nothing saved: a MISS each time), which its headers cannot
   settle: the limits and the cache pick are asked for in `request`, in one script; against the
