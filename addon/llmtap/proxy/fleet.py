@@ -55,7 +55,6 @@ class Asked:
     """A script sent ahead of its answer (`SharedState.ask`), read later by `answer`."""
 
     script: AsyncScript
-    args: redisstate.Args
     packed: bytes
     pipe: Pipe
     reply: asyncio.Future[Any]
@@ -89,14 +88,14 @@ class SharedState:
         await asyncio.sleep(0)
         try:
             for script in (self._decide, self._charge, self._put):
-                await self._command(hiredis.pack_command(("SCRIPT", "LOAD", script.script)))
+                await self._load(script)
         except Exception as e:
             logger.debug(f"llmtap: connecting to Redis at start failed ({type(e).__name__}: {e})")
 
     async def decide(self, slots: list[str], drawn: int, limits: list[Limit]) -> Decision | None:
         """The cache pick and the limits' verdict in one call; None when Redis is away."""
         args = redisstate.decide_args(slots, drawn, buckets(limits))
-        return self._decision(await self._call(self._decide, args))
+        return self._decision(await self._run(self._decide, args))
 
     def ask(self, limits: list[Limit]) -> Asked | None:
         """Send the limits' `decide` now and read its verdict later (`answer`): a call's early ask.
@@ -106,7 +105,7 @@ class SharedState:
             return None
         args = redisstate.decide_args([], 0, buckets(limits))
         packed = evalsha(self._decide, args)
-        return Asked(self._decide, args, packed, pipe, pipe.send(packed))
+        return Asked(self._decide, packed, pipe, pipe.send(packed))
 
     async def answer(self, asked: Asked) -> Decision | None:
         """An early ask's verdict. A reply already in the socket is read here, without a turn of
@@ -114,16 +113,16 @@ class SharedState:
         the reply waits unread though it came back long before: ~0.1-0.2 ms a call)."""
         if not asked.reply.done():
             asked.pipe.poll()
-        return self._decision(await self._call(asked.script, asked.args, asked))
+        return self._decision(await self._call(asked.script, asked.packed, asked))
 
     async def charge(self, limits: list[Limit], amounts: list[float]) -> bool:
         spent = [(redisstate.bucket_key(lim.key), lim.policy.quota, lim.policy.window, amount)
                  for lim, amount in zip(limits, amounts, strict=True)]  # fmt: skip
-        return await self._call(self._charge, redisstate.charge_args(spent)) is not None
+        return await self._run(self._charge, redisstate.charge_args(spent)) is not None
 
     async def put(self, slots: list[str], entry: Entry, ttl: float) -> int | None:
         """Save into the first free slot; the slot (0-based), or None when full or Redis is away."""
-        reply = await self._call(self._put, redisstate.put_args(slots, entry, int(ttl * 1000)))
+        reply = await self._run(self._put, redisstate.put_args(slots, entry, int(ttl * 1000)))
         return int(reply) - 1 if reply else None
 
     def _decision(self, reply: Any) -> Decision | None:
@@ -132,16 +131,19 @@ class SharedState:
             return None
         return redisstate.read_decision(reply)
 
-    async def _call(self, script: AsyncScript, args: redisstate.Args, asked: Asked | None = None) -> Any:
+    async def _run(self, script: AsyncScript, args: redisstate.Args) -> Any:
+        return await self._call(script, evalsha(script, args))
+
+    async def _call(self, script: AsyncScript, packed: bytes, asked: Asked | None = None) -> Any:
         """A script's reply (the one already sent, when `asked`); None when Redis is away."""
         if asked is None and not self.available:
             return None
         try:
             try:
-                reply = await self._command(asked.packed if asked else evalsha(script, args), asked)
+                reply = await self._command(packed, asked)
             except NoScriptError:  # a restarted or flushed Redis: load it, as redis-py would
-                await self._command(hiredis.pack_command(("SCRIPT", "LOAD", script.script)))
-                reply = await self._command(evalsha(script, args))
+                await self._load(script)
+                reply = await self._command(packed)
         except Exception as e:
             self._failed(e)
             return None
@@ -150,6 +152,9 @@ class SharedState:
             where = redact_url(self.url)
             logger.info(f"llmtap: Redis at {where} is back: limits and cache are shared again")
         return reply
+
+    async def _load(self, script: AsyncScript) -> None:
+        await self._command(hiredis.pack_command(("SCRIPT", "LOAD", script.script)))
 
     async def _command(self, packed: bytes, asked: Asked | None = None) -> Any:
         """A command's reply; sent once more on a new connection when the server had closed the
